@@ -1,0 +1,1 @@
+"""Preprocessing, sliding-window inference, training, fine-tuning, checkpoints (no Qt)."""

@@ -1,0 +1,182 @@
+"""Image geometry and its conversions, in one place for the reader, the writer and the engine.
+
+Conventions:
+
+- Arrays are in (z, y, x) / (y, x) order ("array order").
+- SimpleITK / DICOM / NIfTI headers are in (x, y, z) order ("physical order", LPS
+  for ITK). ``Geometry`` stores spacing, origin and direction in **physical
+  order**, exactly as ``SimpleITK.Image`` reports them, so a header round-trips
+  bit for bit; the ``scale`` / ``translate`` / ``affine`` properties give the
+  napari (array-order) view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Geometry:
+    """Where an image array sits in physical space (mm), and what it is.
+
+    Attributes:
+        spacing: voxel size per axis, physical order (x, y[, z]), mm.
+        origin: physical position of voxel 0, physical order, mm.
+        direction: row-major ``ndim x ndim`` direction cosines (ITK convention).
+        source: path the image came from (None for generated images).
+        modality: ``"CT"``, ``"MR"``, ``"XR"`` or ``"unknown"``.
+        units: length unit of spacing/origin (``"mm"``).
+        intensity_unit: e.g. ``"HU"`` for CT after rescale, else ``""``.
+        extra: other header facts worth keeping (series UID, warnings, ...).
+    """
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...] | None = None
+    direction: tuple[float, ...] | None = None
+    source: str | None = None
+    modality: str = "unknown"
+    units: str = "mm"
+    intensity_unit: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.spacing)
+        self.spacing = tuple(float(s) for s in self.spacing)
+        self.origin = tuple(float(o) for o in (self.origin or (0.0,) * n))
+        if self.direction is None:
+            self.direction = tuple(np.eye(n).ravel().tolist())
+        self.direction = tuple(float(d) for d in np.asarray(self.direction).ravel())
+        if len(self.origin) != n or len(self.direction) != n * n:
+            raise ValueError(
+                f"inconsistent geometry: spacing {self.spacing}, origin {self.origin}, "
+                f"direction of {len(self.direction)} values"
+            )
+        if any(s <= 0 or not np.isfinite(s) for s in self.spacing):
+            raise ValueError(f"spacing must be positive and finite, got {self.spacing}")
+
+    # --- array-order views (napari) -------------------------------------------------
+    @property
+    def ndim(self) -> int:
+        return len(self.spacing)
+
+    @property
+    def scale(self) -> tuple[float, ...]:
+        """Spacing in array order (napari ``scale``)."""
+        return self.spacing[::-1]
+
+    @property
+    def translate(self) -> tuple[float, ...]:
+        """Origin in array order (napari ``translate``)."""
+        return self.origin[::-1]
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        """Direction cosines, physical order, ``[ndim, ndim]``."""
+        return np.asarray(self.direction, dtype=float).reshape(self.ndim, self.ndim)
+
+    @property
+    def is_axis_aligned(self) -> bool:
+        return bool(np.allclose(self.direction_matrix, np.eye(self.ndim)))
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Homogeneous array-order affine mapping voxel indices (z, y, x) to physical
+        coordinates in array order: ``world = R diag(scale) idx + translate``.
+
+        napari composes ``affine`` after ``scale``/``translate``; the reader gives napari
+        this full matrix as ``affine`` (with unit scale) only when the direction is not
+        the identity.
+        """
+        n = self.ndim
+        flip = np.eye(n)[::-1]  # physical order <-> array order
+        rot = flip @ self.direction_matrix @ flip
+        out = np.eye(n + 1)
+        out[:n, :n] = rot @ np.diag(self.scale)
+        out[:n, n] = self.translate
+        return out
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for a napari layer placed in this geometry."""
+        kwargs: dict[str, Any] = {"units": self.units, "metadata": {"geometry": self.to_dict()}}
+        if self.is_axis_aligned:
+            kwargs.update(scale=self.scale, translate=self.translate)
+        else:
+            kwargs["affine"] = self.affine
+        return kwargs
+
+    # --- serialisation --------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["spacing"], d["origin"], d["direction"] = (
+            list(self.spacing), list(self.origin), list(self.direction)
+        )
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Geometry:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    @classmethod
+    def identity(cls, ndim: int, spacing: float | tuple[float, ...] = 1.0, **kw: Any) -> Geometry:
+        sp = (spacing,) * ndim if np.isscalar(spacing) else tuple(spacing)
+        return cls(spacing=sp, **kw)
+
+    # --- SimpleITK ------------------------------------------------------------------
+    @classmethod
+    def from_sitk(cls, image: Any, **kw: Any) -> Geometry:
+        return cls(
+            spacing=image.GetSpacing(), origin=image.GetOrigin(), direction=image.GetDirection(), **kw
+        )
+
+    def apply_to_sitk(self, image: Any) -> Any:
+        """Copy spacing, origin and direction onto a ``SimpleITK.Image``; returns it."""
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+def resample(
+    array: np.ndarray,
+    src_spacing: tuple[float, ...],
+    dst_spacing: tuple[float, ...] | None = None,
+    *,
+    shape: tuple[int, ...] | None = None,
+    order: int = 1,
+) -> np.ndarray:
+    """Resample an array-order array from ``src_spacing`` to ``dst_spacing`` (or to ``shape``).
+
+    Spacings are in **array order**. ``order=0`` (nearest) for labels, ``1`` (linear)
+    for images and logits. Leading channel axes are allowed: the spatial axes are the
+    last ``len(src_spacing)``. Output shape = ``round(shape * src / dst)`` unless
+    ``shape`` is given. Returns the input itself when nothing changes.
+    """
+    from scipy import ndimage
+
+    nsp = len(src_spacing)
+    spatial = array.shape[-nsp:]
+    if shape is None:
+        if dst_spacing is None:
+            raise ValueError("give dst_spacing or shape")
+        shape = tuple(
+            max(1, int(round(n * s / d))) for n, s, d in zip(spatial, src_spacing, dst_spacing)
+        )
+    shape = tuple(int(s) for s in shape)
+    if shape == tuple(spatial):
+        return array
+    zoom = [1.0] * (array.ndim - nsp) + [o / i for o, i in zip(shape, spatial)]
+    work = array if order == 0 or array.dtype.kind == "f" else array.astype(np.float32)
+    out = ndimage.zoom(work, zoom, order=order, mode="nearest", grid_mode=True)
+    # zoom can be off by one through rounding; crop/pad to the exact shape
+    if out.shape[-nsp:] != shape:
+        slices = [slice(None)] * (array.ndim - nsp) + [slice(0, s) for s in shape]
+        out = out[tuple(slices)]
+        pad = [(0, 0)] * (array.ndim - nsp) + [(0, s - o) for s, o in zip(shape, out.shape[-nsp:])]
+        out = np.pad(out, pad, mode="edge")
+    return out
+
+
+__all__ = ["Geometry", "resample"]

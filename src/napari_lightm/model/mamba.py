@@ -1,0 +1,108 @@
+"""Our Mamba v1 mixer: the parameters, names, shapes and init of ``mamba_ssm.Mamba``.
+
+A state dict saved from :class:`Mamba` loads into ``mamba_ssm.Mamba`` (same
+``d_model``, ``d_state=16``, ``d_conv=4``, ``expand=2``) and back. The forward
+runs in the token-major layout ``[B, L, C]`` throughout; the selective scan goes
+through :func:`napari_lightm.model.scan.selective_scan` and its backends.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_lightm.model.scan import resolve_backend, selective_scan
+
+
+class Mamba(nn.Module):
+    """Selective state-space mixer (Mamba v1) on tokens ``[B, L, d_model]``.
+
+    Args:
+        d_model: token width C.
+        d_state: SSM state size N (16).
+        d_conv: causal depthwise convolution width (4).
+        expand: inner width factor, ``E = expand * C`` (2).
+        dt_rank: rank of the step-size projection; ``"auto"`` = ``ceil(C / 16)``.
+        dt_min, dt_max, dt_init_floor, dt_scale: step-size init, as mamba_ssm.
+        scan_backend: force a selective-scan backend (``None`` = auto / env var).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        dt_scale: float = 1.0,
+        scan_backend: str | None = None,
+    ):
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.scan_backend = scan_backend
+        e, n, r = self.d_inner, d_state, self.dt_rank
+
+        self.in_proj = nn.Linear(d_model, 2 * e, bias=False)
+        self.conv1d = nn.Conv1d(e, e, kernel_size=d_conv, groups=e, padding=d_conv - 1, bias=True)
+        self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, e, bias=True)
+        self.out_proj = nn.Linear(e, d_model, bias=False)
+
+        # step-size projection init, as mamba_ssm
+        std = r**-0.5 * dt_scale
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(
+            torch.rand(e) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
+        inv_softplus_dt = dt + torch.log(-torch.expm1(-dt))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inv_softplus_dt)
+        self.dt_proj.bias._no_reinit = True
+
+        # S4D-real init of A; A_log and D get no weight decay
+        a = torch.arange(1, n + 1, dtype=torch.float32).repeat(e, 1)
+        self.A_log = nn.Parameter(torch.log(a))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(e))
+        self.D._no_weight_decay = True
+
+    @property
+    def backend(self) -> str:
+        """Name of the scan backend this module uses on its current device."""
+        return resolve_backend(self.A_log.device, self.scan_backend)
+
+    def causal_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """Causal depthwise conv1d along L in the token-major layout: ``[B, L, E] -> [B, L, E]``."""
+        k = self.d_conv
+        length = x.shape[1]
+        xp = F.pad(x, (0, 0, k - 1, 0))
+        w = self.conv1d.weight[:, 0, :]  # [E, k]
+        out = xp[:, 0:length] * w[:, 0]
+        for j in range(1, k):
+            out = out + xp[:, j : j + length] * w[:, j]
+        return out + self.conv1d.bias
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """``u [B, L, d_model] -> [B, L, d_model]``."""
+        e, n, r = self.d_inner, self.d_state, self.dt_rank
+        x, z = self.in_proj(u).split(e, dim=-1)
+        x = F.silu(self.causal_conv(x))
+        dt, b, c = self.x_proj(x).split([r, n, n], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight)  # bias + softplus happen inside the scan
+        a = -torch.exp(self.A_log.float())
+        y = selective_scan(
+            x, delta, a, b, c, self.D.float(), z,
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            backend=self.scan_backend,
+        )
+        return self.out_proj(y)

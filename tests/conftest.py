@@ -1,0 +1,41 @@
+"""Shared fixtures: the data folder (skips when absent) and GPU/napari availability."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LIGHTM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; the test skips (with a reason) when it is not there."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def jsrt(shared_data: Path):
+    """The JSRT arrays (``image``, ``lung``, ``heart``, ``ids``), read at run time."""
+    import numpy as np
+
+    path = shared_data / "jsrt" / "jsrt_256.npz"
+    if not path.is_file():
+        pytest.skip(f"JSRT data not found at {path}")
+    return dict(np.load(path))
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
