@@ -1,1 +1,4 @@
-"""The only part of napari-lightm that imports napari or Qt: widgets, workers, manifest callables."""
+"""The only part of napari-lightm that imports napari or Qt.
+
+Widgets, workers, manifest callables, keybindings, the launcher.
+"""

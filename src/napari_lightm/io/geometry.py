@@ -100,7 +100,9 @@ class Geometry:
 
     def layer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for a napari layer placed in this geometry."""
-        kwargs: dict[str, Any] = {"units": self.units, "metadata": {"geometry": self.to_dict()}}
+        kwargs: dict[str, Any] = {
+            "units": self.units, "metadata": {"geometry": self.to_dict()}
+        }
         if self.is_axis_aligned:
             kwargs.update(scale=self.scale, translate=self.translate)
         else:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from napari_lightm.model.blocks import DWConv, DownStage, ResUpBlock, RVMLayer, UpSample
+from napari_lightm.model.blocks import DownStage, DWConv, ResUpBlock, RVMLayer, UpSample
 from napari_lightm.model.mamba import Mamba
 
 # named configurations (stored in checkpoint metadata)
@@ -112,8 +112,8 @@ class LightMUNet(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != self.spatial_dims + 2:
             raise ValueError(
-                f"LightMUNet({self.spatial_dims}D) expects input [B, C, {'D, ' * (self.spatial_dims == 3)}H, W], "
-                f"got shape {tuple(x.shape)}"
+                f"LightMUNet({self.spatial_dims}D) expects a [B, C, *spatial] input with "
+                f"{self.spatial_dims} spatial axes, got shape {tuple(x.shape)}"
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]}")
@@ -121,7 +121,8 @@ class LightMUNet(nn.Module):
         if bad:
             raise ValueError(
                 f"spatial size {tuple(x.shape[2:])} is not divisible by {self.divisor}; "
-                f"pad or crop the input to a multiple of {self.divisor} (sliding-window inference does this)"
+                f"pad or crop it to a multiple of {self.divisor} "
+                "(sliding-window inference pads for you)"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -97,11 +97,15 @@ def resolve_backend(device: str | torch.device = "cpu", backend: str | None = No
     if wanted == "auto":
         return available_backends(kind)[0]
     if wanted not in BACKENDS:
-        raise ValueError(f"unknown scan backend {wanted!r}; choose from {sorted(BACKENDS)} or 'auto'")
+        raise ValueError(
+            f"unknown scan backend {wanted!r}; choose from {sorted(BACKENDS)} or 'auto'"
+        )
     if kind not in BACKENDS[wanted].devices:
         raise ValueError(f"scan backend {wanted!r} does not run on {kind} tensors")
     if not is_available(wanted):
-        raise ValueError(f"scan backend {wanted!r} is not available here (its package does not import)")
+        raise ValueError(
+            f"scan backend {wanted!r} is not available here (its package does not import)"
+        )
     return wanted
 
 
