@@ -1,5 +1,21 @@
-"""Medical image IO with exact geometry (no Qt)."""
+"""Medical image IO with exact geometry (no Qt).
+
+``read_image(path) -> (array, Geometry)`` and ``write_labels(path, labels, geometry)``;
+generated sample images live in :mod:`napari_lightm.io.phantoms`.
+"""
 
 from napari_lightm.io.geometry import Geometry, resample
+from napari_lightm.io.readers import IMAGE_SUFFIXES, ImageReadError, can_read, read_image
+from napari_lightm.io.writers import LABEL_SUFFIXES, LabelWriteError, write_labels
 
-__all__ = ["Geometry", "resample"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "LABEL_SUFFIXES",
+    "Geometry",
+    "ImageReadError",
+    "LabelWriteError",
+    "can_read",
+    "read_image",
+    "resample",
+    "write_labels",
+]

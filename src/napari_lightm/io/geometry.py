@@ -28,9 +28,12 @@ class Geometry:
         direction: row-major ``ndim x ndim`` direction cosines (ITK convention).
         source: path the image came from (None for generated images).
         modality: ``"CT"``, ``"MR"``, ``"XR"`` or ``"unknown"``.
-        units: length unit of spacing/origin (``"mm"``).
+        units: length unit of spacing/origin: ``"mm"``, or ``"pixel"`` when the file
+            carries no physical spacing (PNG/JPEG/TIFF, DICOM without pixel spacing).
         intensity_unit: e.g. ``"HU"`` for CT after rescale, else ``""``.
-        extra: other header facts worth keeping (series UID, warnings, ...).
+        extra: other JSON-able header facts worth keeping: ``"warnings"`` (list of
+            one-line caveats found while reading, see :meth:`warn`), ``"format"``,
+            DICOM series UID / description, ``"window"`` (center, width), ...
     """
 
     spacing: tuple[float, ...]
@@ -100,9 +103,7 @@ class Geometry:
 
     def layer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for a napari layer placed in this geometry."""
-        kwargs: dict[str, Any] = {
-            "units": self.units, "metadata": {"geometry": self.to_dict()}
-        }
+        kwargs: dict[str, Any] = {"units": self.units, "metadata": {"geometry": self.to_dict()}}
         if self.is_axis_aligned:
             kwargs.update(scale=self.scale, translate=self.translate)
         else:
@@ -113,13 +114,68 @@ class Geometry:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["spacing"], d["origin"], d["direction"] = (
-            list(self.spacing), list(self.origin), list(self.direction)
+            list(self.spacing),
+            list(self.origin),
+            list(self.direction),
         )
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Geometry:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    @classmethod
+    def from_layer(
+        cls,
+        scale: tuple[float, ...] | np.ndarray,
+        translate: tuple[float, ...] | np.ndarray | None = None,
+        affine: np.ndarray | None = None,
+        **kw: Any,
+    ) -> Geometry:
+        """Inverse of :meth:`layer_kwargs`: the geometry of a napari layer's transforms.
+
+        napari maps a data index ``i`` (array order) to world coordinates as
+        ``affine @ (scale * i + translate)``. The combined linear part must be a
+        rotation/flip times a positive diagonal (no shear); raises ``ValueError`` if not.
+
+        Args:
+            scale, translate: array-order, as on the layer (``translate`` defaults to 0).
+            affine: ``[n+1, n+1]`` homogeneous matrix or ``None`` for identity.
+            **kw: other ``Geometry`` fields (``modality``, ``source``, ...).
+        """
+        scale = np.asarray(scale, dtype=float)
+        n = scale.size
+        translate = np.zeros(n) if translate is None else np.asarray(translate, dtype=float)
+        a = np.eye(n + 1) if affine is None else np.asarray(affine, dtype=float)
+        linear = a[:n, :n] @ np.diag(scale)
+        offset = a[:n, :n] @ translate + a[:n, n]
+        spacing = np.linalg.norm(linear, axis=0)
+        rot = linear / spacing
+        if not np.allclose(rot.T @ rot, np.eye(n), atol=1e-5):
+            raise ValueError("layer transform has shear; it cannot be written as a medical header")
+        flip = np.eye(n)[::-1]
+        return cls(
+            spacing=tuple(spacing[::-1]),
+            origin=tuple(offset[::-1]),
+            direction=tuple((flip @ rot @ flip).ravel()),
+            **kw,
+        )
+
+    def allclose(self, other: Geometry, atol: float = 1e-6) -> bool:
+        """Same grid (ndim, spacing, origin, direction) within ``atol``."""
+        return (
+            self.ndim == other.ndim
+            and np.allclose(self.spacing, other.spacing, rtol=0, atol=atol)
+            and np.allclose(self.origin, other.origin, rtol=0, atol=atol)
+            and np.allclose(self.direction, other.direction, rtol=0, atol=atol)
+        )
+
+    def warn(self, message: str) -> None:
+        """Record a reading caveat in ``extra["warnings"]`` (shown to the user) and log it."""
+        import logging
+
+        self.extra.setdefault("warnings", []).append(message)
+        logging.getLogger("napari_lightm.io").warning(message)
 
     @classmethod
     def identity(cls, ndim: int, spacing: float | tuple[float, ...] = 1.0, **kw: Any) -> Geometry:
@@ -130,7 +186,10 @@ class Geometry:
     @classmethod
     def from_sitk(cls, image: Any, **kw: Any) -> Geometry:
         return cls(
-            spacing=image.GetSpacing(), origin=image.GetOrigin(), direction=image.GetDirection(), **kw
+            spacing=image.GetSpacing(),
+            origin=image.GetOrigin(),
+            direction=image.GetDirection(),
+            **kw,
         )
 
     def apply_to_sitk(self, image: Any) -> Any:
