@@ -1,0 +1,120 @@
+"""Where the whole network's time goes on CUDA (issue 7): top CUDA kernels of our 3D
+inference and train step, and of the official path; cudnn.benchmark and torch.compile
+tried on ours. Run after ``run_all.sh``'s setup (mamba-ssm importable for the official rows).
+
+Usage: ``python benchmarks/gpu/profile_gpu.py [--compile]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_gpu as bench
+from benchmarks._results import record
+
+from napari_lightm.model import LightMUNet
+from napari_lightm.model.scan import is_available
+
+DEV = torch.device("cuda")
+
+
+def top_kernels(fn, title: str, top: int = 20, iters: int = 2) -> None:
+    """Profile ``iters`` calls of ``fn`` and record the ``top`` ops by CUDA time."""
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    events = list(prof.key_averages())
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    if kernels:
+        def own(e):
+            return e.device_time_total
+    else:  # older profilers: operators with their own device time
+        kernels = events
+
+        def own(e):
+            return e.self_device_time_total
+    kernels = [e for e in kernels if own(e) > 0]
+    total = sum(own(e) for e in kernels) or 1.0
+    kernels.sort(key=own, reverse=True)
+    rows = [[e.key[:90], e.count // iters, own(e) / iters / 1e3, 100.0 * own(e) / total]
+            for e in kernels[:top]]
+    record(title, ["kernel", "calls/iter", "ms/iter", "% of kernel time"], rows,
+           notes=f"sum of kernel time per iteration: {total / iters / 1e3:.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--compile", action="store_true", help="also try torch.compile")
+    opts = parser.parse_args()
+    torch.manual_seed(0)
+    ours = LightMUNet.from_config("repo", 3, 1, 3).to(DEV).eval()
+    x = torch.randn(1, 1, 128, 128, 128, device=DEV)
+    nets = {"ours": ours}
+    if is_available("mamba_ssm"):
+        nets["official"] = bench.official_network(ours)
+    for label, net in nets.items():
+        try:
+            with torch.no_grad():
+                top_kernels(lambda n=net: n(x), f"GPU profile: {label} 3D f=32 inference 128^3")
+        except Exception:
+            traceback.print_exc()
+
+    try:  # train step, ours, no recomputation
+        net = LightMUNet.from_config("repo", 3, 1, 3).to(DEV)
+        xb = torch.randn(2, 1, 128, 128, 128, device=DEV)
+        target = torch.randint(0, 3, (2, 128, 128, 128), device=DEV)
+
+        def step(net=net, xb=xb, target=target):
+            net.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(xb), target).backward()
+
+        top_kernels(step, "GPU profile: ours 3D f=32 train step 2x128^3 (fwd+bwd)", top=25,
+                    iters=1)
+        del net, xb, target
+        torch.cuda.empty_cache()
+    except Exception:
+        traceback.print_exc()
+
+    rows = []
+    for bench_on in (False, True):
+        torch.backends.cudnn.benchmark = bench_on
+        for label, net in nets.items():
+            with torch.no_grad():
+                ms = bench.cuda_time(lambda n=net: n(x), reps=5)
+            rows.append([label, f"cudnn.benchmark={bench_on}", ms])
+    record("GPU: 3D f=32 inference 128^3 with cudnn.benchmark", ["network", "setting", "ms"],
+           rows)
+    rows = []
+    if opts.compile:
+        torch.backends.cudnn.benchmark = True
+        try:
+            t0 = time.time()
+            compiled = torch.compile(ours)
+            with torch.no_grad():
+                compiled(x)
+                torch.cuda.synchronize()
+                t_compile = time.time() - t0
+                ms = bench.cuda_time(lambda: compiled(x), reps=5)
+            rows.append(["ours + torch.compile", f"compile {t_compile:.0f} s", ms])
+        except Exception as exc:
+            traceback.print_exc()
+            rows.append(["ours + torch.compile", f"failed: {type(exc).__name__}", ""])
+    if rows:
+        record("GPU: 3D f=32 inference 128^3 with torch.compile", ["network", "setting", "ms"],
+               rows)
+
+
+if __name__ == "__main__":
+    main()

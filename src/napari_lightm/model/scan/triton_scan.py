@@ -1,0 +1,620 @@
+"""Chunk-parallel selective scan in Triton (CUDA), forward and backward.
+
+Same contract as :func:`selective_scan_reference`: token-major ``u, delta, z: [Bt, L, E]``,
+``B, C: [Bt, L, N]``, ``A: [E, N]``, ``D, delta_bias: [E]``. No transposes: the kernels
+read the token-major tensors in place (any batch/token strides, unit channel stride).
+
+Why chunks: mamba-ssm walks the tokens of each (batch, channel) sequentially, which
+leaves an H100 idle when there are few channels and millions of tokens. Here the token
+axis is cut into chunks of ``T`` tokens and the work runs in three stages:
+
+1. ``_chunk_end_kernel`` (parallel over batch x channel-block x chunk): the linear
+   recurrence ``h_t = a_t h_{t-1} + b_t`` (``a = exp(delta A)``, ``b = delta B u``) of each
+   chunk from a zero state, as a parallel associative scan over the chunk's tokens;
+   keeps each chunk's end state ``[Bt, K, E, N]`` and ``sum(delta)`` ``[Bt, K, E]``.
+2. ``_carry_kernel`` (parallel over batch x channel): a scan over the K chunk summaries
+   (decay ``exp(A sum(delta))`` and end state) turns them into true end states.
+3. ``_chunk_out_kernel``: re-scans every chunk from its true start state and writes
+   ``y = (<C_t, h_t> + D u_t) * SiLU(z_t)``; delta_bias + softplus, the D skip and the
+   gate are fused, the state stays in float32 whatever the input dtype.
+
+The decays are products of per-step ``exp(delta A)`` (never differences of cumulative
+sums in log space, which lose ~1e-3 in float32 on long decays). Backward recomputes
+instead of storing ``[Bt, L, E, N]``: a reverse chunk pass and a reverse carry give the
+adjoint ``lambda_t = dL/dh_t`` at every chunk boundary, then one kernel per chunk re-scans
+``h`` forward and ``lambda`` backward and forms all gradients; the cross-channel sums
+(``dB``, ``dC``) and the parameter sums (``dA``, ``dD``, ``d delta_bias``) go through small
+per-block partial buffers summed by torch (deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+DEFAULT_CHUNK = 32  # tokens per chunk (a power of two)
+# Launch settings: the fastest of benchmarks/gpu/bench_gpu.py's sweep on an H100 at
+# E=64, L=2,097,152 (forward 7.5 ms; fwd+bwd 34.9 ms with 2 channels x 2 warps against
+# 51.4 ms with 4 x 4).
+FWD_BLOCK_E = 8  # channels per program, forward kernels
+BWD_BLOCK_E = 2  # channels per program, backward kernel (more live tiles)
+FWD_WARPS = 4
+BWD_WARPS = 2
+BWD_MIN_PROGRAMS = 8192  # backward: split channels over programs until this many run
+CARRY_BLOCK_K = 128  # chunk summaries scanned per step of the carry pass
+
+
+# ---------------------------------------------------------------- device helpers
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    """Compose two steps of ``h -> a h + b`` (1 before 2)."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _scan_rev(a, b, FLIP: tl.constexpr):
+    """Suffix scan along axis 0: ``x_t = a_t x_{t+1} + b_t`` (from zero past the end)."""
+    if FLIP:  # fallback where the reverse scan mis-orders a non-commutative combine
+        pa, pb = tl.associative_scan((tl.flip(a, 0), tl.flip(b, 0)), 0, _combine)
+        return tl.flip(pa, 0), tl.flip(pb, 0)
+    else:
+        return tl.associative_scan((a, b), 0, _combine, reverse=True)
+
+
+@triton.jit
+def _load_a_log2(a_ptr, e, n, N, en_mask):
+    """``A [BE, BN] * log2(e)``, so that ``exp(delta A) = exp2(delta * this)``."""
+    a = tl.load(a_ptr + e[:, None] * N + n[None, :], mask=en_mask, other=0.0)
+    return a * 1.4426950408889634
+
+
+@triton.jit
+def _softplus(x):
+    """torch's softplus (threshold 20) with an accurate log1p for small ``exp(x)``."""
+    y = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + y
+    lp = tl.where(w == 1.0, y, y * tl.log(w) / (w - 1.0))
+    return tl.where(x > 20.0, x, lp)
+
+
+@triton.jit
+def _load_delta(d_ptr, bias_ptr, row_off, t, e, mask2, e_mask,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Raw delta ``[T, BE]`` (+ bias) and the step size actually used (0 outside)."""
+    raw = tl.load(d_ptr + row_off, mask=mask2, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += tl.load(bias_ptr + e, mask=e_mask, other=0.0).to(tl.float32)[None, :]
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    else:
+        dt = raw
+    return raw, tl.where(mask2, dt, 0.0)
+
+
+# ---------------------------------------------------------------- forward kernels
+
+
+@triton.jit
+def _chunk_end_kernel(
+    u_ptr, d_ptr, b_ptr, a_ptr, bias_ptr, s_ptr, ds_ptr,
+    L, E, N, K,
+    su_b, su_t, sd_b, sd_t, sb_b, sb_t,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
+):
+    """End state of each chunk from a zero start: ``S[b, k] [E, N]``, ``DS[b, k] = sum(delta)``."""
+    k = tl.program_id(0)
+    e = tl.program_id(1) * BE + tl.arange(0, BE)
+    bb = tl.program_id(2).to(tl.int64)
+    t = k * T + tl.arange(0, T)
+    n = tl.arange(0, BN)
+    e_mask, n_mask, t_mask = e < E, n < N, t < L
+    mask2 = t_mask[:, None] & e_mask[None, :]
+    t64 = t.to(tl.int64)
+    _, dt = _load_delta(d_ptr + bb * sd_b, bias_ptr, t64[:, None] * sd_t + e[None, :], t, e,
+                        mask2, e_mask, HAS_BIAS, SOFTPLUS)
+    u = tl.load(u_ptr + bb * su_b + t64[:, None] * su_t + e[None, :], mask=mask2, other=0.0)
+    bm = tl.load(b_ptr + bb * sb_b + t64[:, None] * sb_t + n[None, :],
+                 mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
+    a_mat = _load_a_log2(a_ptr, e, n, N, e_mask[:, None] & n_mask[None, :])
+    a = tl.exp2(dt[:, :, None] * a_mat[None, :, :])
+    b = (dt * u.to(tl.float32))[:, :, None] * bm[:, None, :]
+    _, h = tl.associative_scan((a, b), 0, _combine)
+    last = tl.arange(0, T)[:, None, None] == T - 1
+    h_end = tl.sum(tl.where(last, h, 0.0), axis=0)  # [BE, BN]
+    base = (bb * K + k) * E
+    tl.store(s_ptr + (base + e[:, None]) * N + n[None, :], h_end,
+             mask=e_mask[:, None] & n_mask[None, :])
+    tl.store(ds_ptr + base + e, tl.sum(dt, axis=0), mask=e_mask)
+
+
+@triton.jit
+def _carry_kernel(
+    s_ptr, ds_ptr, a_ptr, E, N, K,
+    REVERSE: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
+):
+    """Chain the chunk summaries in place: ``S[k] <- exp(A DS[k]) S[k-1] + S[k]``.
+
+    Forward (``REVERSE=False``) ``S[k]`` becomes the true state at the end of chunk k;
+    reverse, ``S[k] <- exp(A DS[k]) S[k+1] + S[k]`` (the adjoint carried to chunk k's start).
+    """
+    e = tl.program_id(0) * BE + tl.arange(0, BE)
+    bb = tl.program_id(1).to(tl.int64)
+    n = tl.arange(0, BN)
+    en_mask = (e < E)[:, None] & (n < N)[None, :]
+    a_mat = _load_a_log2(a_ptr, e, n, N, en_mask)
+    carry = tl.zeros((BE, BN), tl.float32)
+    rows = tl.arange(0, BK)
+    for k0 in range(0, K, BK):
+        if REVERSE:
+            k = K - 1 - (k0 + rows)
+            valid = k >= 0
+        else:
+            k = k0 + rows
+            valid = k < K
+        base = (bb * K + k) * E  # [BK]
+        m3 = valid[:, None, None] & en_mask[None, :, :]
+        off = (base[:, None, None] + e[None, :, None]) * N + n[None, None, :]
+        h = tl.load(s_ptr + off, mask=m3, other=0.0)
+        ds = tl.load(ds_ptr + base[:, None] + e[None, :], mask=valid[:, None] & (e < E)[None, :],
+                     other=0.0)
+        p = tl.exp2(ds[:, :, None] * a_mat[None, :, :])
+        pc, hc = tl.associative_scan((p, h), 0, _combine)
+        h = hc + pc * carry[None, :, :]
+        tl.store(s_ptr + off, h, mask=m3)
+        carry = tl.sum(tl.where((rows == BK - 1)[:, None, None], h, 0.0), axis=0)
+
+
+@triton.jit
+def _chunk_out_kernel(
+    u_ptr, d_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, z_ptr, bias_ptr, s_ptr, y_ptr,
+    L, E, N, K,
+    su_b, su_t, sd_b, sd_t, sb_b, sb_t, sc_b, sc_t, sz_b, sz_t, sy_b, sy_t,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
+):
+    """Outputs of chunk k from its true start state ``S[k-1]``."""
+    k = tl.program_id(0)
+    e = tl.program_id(1) * BE + tl.arange(0, BE)
+    bb = tl.program_id(2).to(tl.int64)
+    t = k * T + tl.arange(0, T)
+    n = tl.arange(0, BN)
+    e_mask, n_mask, t_mask = e < E, n < N, t < L
+    en_mask = e_mask[:, None] & n_mask[None, :]
+    mask2 = t_mask[:, None] & e_mask[None, :]
+    tn_mask = t_mask[:, None] & n_mask[None, :]
+    t64 = t.to(tl.int64)
+    _, dt = _load_delta(d_ptr + bb * sd_b, bias_ptr, t64[:, None] * sd_t + e[None, :], t, e,
+                        mask2, e_mask, HAS_BIAS, SOFTPLUS)
+    u = tl.load(u_ptr + bb * su_b + t64[:, None] * su_t + e[None, :], mask=mask2,
+                other=0.0).to(tl.float32)
+    bm = tl.load(b_ptr + bb * sb_b + t64[:, None] * sb_t + n[None, :], mask=tn_mask,
+                 other=0.0).to(tl.float32)
+    cm = tl.load(c_ptr + bb * sc_b + t64[:, None] * sc_t + n[None, :], mask=tn_mask,
+                 other=0.0).to(tl.float32)
+    a_mat = _load_a_log2(a_ptr, e, n, N, en_mask)
+    a = tl.exp2(dt[:, :, None] * a_mat[None, :, :])
+    b = (dt * u)[:, :, None] * bm[:, None, :]
+    pa, h = tl.associative_scan((a, b), 0, _combine)
+    h0 = tl.load(s_ptr + ((bb * K + tl.maximum(k - 1, 0)) * E + e[:, None]) * N + n[None, :],
+                 mask=en_mask, other=0.0)
+    h0 = tl.where(k > 0, h0, 0.0)  # the first chunk starts from zero
+    h = h + pa * h0[None, :, :]
+    y = tl.sum(h * cm[:, None, :], axis=2)  # [T, BE]
+    if HAS_D:
+        y += u * tl.load(dskip_ptr + e, mask=e_mask, other=0.0)[None, :]
+    if HAS_Z:
+        z = tl.load(z_ptr + bb * sz_b + t64[:, None] * sz_t + e[None, :], mask=mask2,
+                    other=0.0).to(tl.float32)
+        y = y * z * tl.sigmoid(z)
+    tl.store(y_ptr + bb * sy_b + t64[:, None] * sy_t + e[None, :], y, mask=mask2)
+
+
+# ---------------------------------------------------------------- backward kernels
+
+
+@triton.jit
+def _gate_grad(dy_ptr, z_ptr, row_dy, row_z, mask2, HAS_Z: tl.constexpr):
+    """``g = dy * SiLU(z)``: the gradient reaching ``<C, h> + D u``; also returns ``dy``, ``z``."""
+    dy = tl.load(dy_ptr + row_dy, mask=mask2, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + row_z, mask=mask2, other=0.0).to(tl.float32)
+        g = dy * z * tl.sigmoid(z)
+    else:
+        z = dy
+        g = dy
+    return dy, z, g
+
+
+@triton.jit
+def _chunk_adj_kernel(
+    dy_ptr, z_ptr, d_ptr, c_ptr, a_ptr, bias_ptr, q_ptr,
+    L, E, N, K,
+    sdy_b, sdy_t, sz_b, sz_t, sd_b, sd_t, sc_b, sc_t,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FLIP: tl.constexpr,
+    T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
+):
+    """Reverse pass of chunk k from a zero adjoint: ``Q[b, k] = a_s lambda_s`` at its first token s.
+
+    With ``nu_t = a_t lambda_t``: ``nu_t = a_t (g_t C_t + nu_{t+1})``, a suffix scan.
+    """
+    k = tl.program_id(0)
+    e = tl.program_id(1) * BE + tl.arange(0, BE)
+    bb = tl.program_id(2).to(tl.int64)
+    t = k * T + tl.arange(0, T)
+    n = tl.arange(0, BN)
+    e_mask, n_mask, t_mask = e < E, n < N, t < L
+    en_mask = e_mask[:, None] & n_mask[None, :]
+    mask2 = t_mask[:, None] & e_mask[None, :]
+    t64 = t.to(tl.int64)
+    _, dt = _load_delta(d_ptr + bb * sd_b, bias_ptr, t64[:, None] * sd_t + e[None, :], t, e,
+                        mask2, e_mask, HAS_BIAS, SOFTPLUS)
+    _, _, g = _gate_grad(dy_ptr + bb * sdy_b, z_ptr + bb * sz_b, t64[:, None] * sdy_t + e[None, :],
+                         t64[:, None] * sz_t + e[None, :], mask2, HAS_Z)
+    cm = tl.load(c_ptr + bb * sc_b + t64[:, None] * sc_t + n[None, :],
+                 mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
+    a_mat = _load_a_log2(a_ptr, e, n, N, en_mask)
+    a = tl.exp2(dt[:, :, None] * a_mat[None, :, :])
+    _, nu = _scan_rev(a, a * (g[:, :, None] * cm[:, None, :]), FLIP)
+    first = tl.arange(0, T)[:, None, None] == 0
+    q = tl.sum(tl.where(first, nu, 0.0), axis=0)
+    tl.store(q_ptr + ((bb * K + k) * E + e[:, None]) * N + n[None, :], q, mask=en_mask)
+
+
+@triton.jit
+def _chunk_bwd_kernel(
+    u_ptr, d_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, z_ptr, bias_ptr, dy_ptr,
+    s_ptr, q_ptr,
+    du_ptr, dd_ptr, dz_ptr, db_ptr, dc_ptr, da_ptr, dds_ptr, dbias_ptr,
+    L, E, N, K, Bt,
+    su_b, su_t, sd_b, sd_t, sb_b, sb_t, sc_b, sc_t, sz_b, sz_t, sdy_b, sdy_t,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    FLIP: tl.constexpr, T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
+    BLOCKS_PER_PROG: tl.constexpr,
+):
+    """All gradients of chunk k: ``h`` re-scanned forward, ``lambda`` backward, both exact.
+
+    Each program handles ``BLOCKS_PER_PROG`` blocks of ``BE`` channels in turn. Writes
+    ``du, d delta, dz`` ``[Bt, L, E]`` (contiguous), per-group partials of ``dB, dC``
+    ``[groups, Bt, L, N]`` and per-chunk partials of ``dA [Bt, K, E, N]``,
+    ``dD, d delta_bias [Bt, K, E]``.
+    """
+    k = tl.program_id(0)
+    group = tl.program_id(1)  # this program's group of channel blocks
+    bb = tl.program_id(2).to(tl.int64)
+    t = k * T + tl.arange(0, T)
+    n = tl.arange(0, BN)
+    n_mask, t_mask = n < N, t < L
+    tn_mask = t_mask[:, None] & n_mask[None, :]
+    t64 = t.to(tl.int64)
+    tn = t + 1  # the next token's decay multiplies the adjoint flowing back into t
+    bm = tl.load(b_ptr + bb * sb_b + t64[:, None] * sb_t + n[None, :], mask=tn_mask,
+                 other=0.0).to(tl.float32)
+    cm = tl.load(c_ptr + bb * sc_b + t64[:, None] * sc_t + n[None, :], mask=tn_mask,
+                 other=0.0).to(tl.float32)
+    rows = tl.arange(0, T)[:, None, None]
+    # dB, dC sum over channels: accumulate this group's blocks in registers
+    d_b = tl.zeros((T, BN), tl.float32)
+    d_c = tl.zeros((T, BN), tl.float32)
+    for i in range(BLOCKS_PER_PROG):
+        e = (group * BLOCKS_PER_PROG + i) * BE + tl.arange(0, BE)
+        e_mask = e < E
+        en_mask = e_mask[:, None] & n_mask[None, :]
+        mask2 = t_mask[:, None] & e_mask[None, :]
+        row_e = t64[:, None] * 0 + e[None, :]  # [T, BE] channel offsets
+        raw, dt = _load_delta(d_ptr + bb * sd_b, bias_ptr, t64[:, None] * sd_t + row_e, t, e,
+                              mask2, e_mask, HAS_BIAS, SOFTPLUS)
+        mask_n = (tn < L)[:, None] & e_mask[None, :]
+        _, dt_next = _load_delta(d_ptr + bb * sd_b, bias_ptr, (t64 + 1)[:, None] * sd_t + row_e,
+                                 tn, e, mask_n, e_mask, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + bb * su_b + t64[:, None] * su_t + row_e, mask=mask2,
+                    other=0.0).to(tl.float32)
+        a_mat = tl.load(a_ptr + e[:, None] * N + n[None, :], mask=en_mask, other=0.0)
+        a2 = a_mat * 1.4426950408889634
+        dy, z, g = _gate_grad(dy_ptr + bb * sdy_b, z_ptr + bb * sz_b,
+                              t64[:, None] * sdy_t + row_e, t64[:, None] * sz_t + row_e, mask2,
+                              HAS_Z)
+
+        # forward states h_t from the chunk's true start state
+        a = tl.exp2(dt[:, :, None] * a2[None, :, :])
+        b = (dt * u)[:, :, None] * bm[:, None, :]
+        pa, h = tl.associative_scan((a, b), 0, _combine)
+        h0 = tl.load(s_ptr + ((bb * K + tl.maximum(k - 1, 0)) * E + e[:, None]) * N + n[None, :],
+                     mask=en_mask, other=0.0)
+        h0 = tl.where(k > 0, h0, 0.0)  # the first chunk starts from zero
+        h = h + pa * h0[None, :, :]
+
+        # adjoint lambda_t = g_t C_t + a_{t+1} lambda_{t+1}; mu = a_s' lambda_s' of chunk k+1
+        alpha = tl.exp2(dt_next[:, :, None] * a2[None, :, :])
+        alpha = tl.where(rows == T - 1, 1.0, alpha)
+        p_alpha, lam = _scan_rev(alpha, g[:, :, None] * cm[:, None, :], FLIP)
+        mu = tl.load(q_ptr + ((bb * K + tl.minimum(k + 1, K - 1)) * E + e[:, None]) * N
+                     + n[None, :], mask=en_mask, other=0.0)
+        mu = tl.where(k + 1 < K, mu, 0.0)  # nothing flows back into the last chunk
+        lam = lam + p_alpha * mu[None, :, :]
+
+        # gradients; a_t h_{t-1} = h_t - b_t avoids a shifted state
+        ah = h - b
+        y_ssm = tl.sum(h * cm[:, None, :], axis=2)
+        lam_b = tl.sum(lam * bm[:, None, :], axis=2)  # [T, BE]
+        du = lam_b * dt
+        d_dt = lam_b * u + tl.sum(lam * ah * a_mat[None, :, :], axis=2)
+        d_b += tl.sum(lam * (dt * u)[:, :, None], axis=1)  # [T, BN]
+        d_c += tl.sum(h * g[:, :, None], axis=1)
+        d_a = tl.sum(lam * ah * dt[:, :, None], axis=0)  # [BE, BN]
+        if HAS_D:
+            dskip = tl.load(dskip_ptr + e, mask=e_mask, other=0.0)[None, :]
+            du += g * dskip
+            y_pre = y_ssm + dskip * u
+            d_skip = tl.sum(g * u, axis=0)
+        else:
+            y_pre = y_ssm
+            d_skip = tl.sum(g * 0.0, axis=0)
+        if HAS_Z:
+            sz = tl.sigmoid(z)
+            dz = dy * y_pre * sz * (1.0 + z * (1.0 - sz))
+            tl.store(dz_ptr + bb * L * E + t64[:, None] * E + row_e, dz, mask=mask2)
+        if SOFTPLUS:
+            d_raw = d_dt * tl.sigmoid(raw)
+        else:
+            d_raw = d_dt
+        d_raw = tl.where(mask2, d_raw, 0.0)
+        out = bb * L * E + t64[:, None] * E + row_e
+        tl.store(du_ptr + out, du, mask=mask2)
+        tl.store(dd_ptr + out, d_raw, mask=mask2)
+        base = (bb * K + k) * E
+        tl.store(da_ptr + (base + e[:, None]) * N + n[None, :], d_a, mask=en_mask)
+        tl.store(dds_ptr + base + e, d_skip, mask=e_mask)
+        tl.store(dbias_ptr + base + e, tl.sum(d_raw, axis=0), mask=e_mask)
+    part = ((group * Bt + bb) * L + t64[:, None]) * N + n[None, :]
+    tl.store(db_ptr + part, d_b, mask=tn_mask)
+    tl.store(dc_ptr + part, d_c, mask=tn_mask)
+
+
+# ---------------------------------------------------------------- reverse-scan probe
+
+
+@triton.jit
+def _probe_kernel(a_ptr, b_ptr, o_ptr, T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr):
+    t = tl.arange(0, T)[:, None, None]
+    e = tl.arange(0, BE)[None, :, None]
+    n = tl.arange(0, BN)[None, None, :]
+    off = (t * BE + e) * BN + n
+    _, h = _scan_rev(tl.load(a_ptr + off), tl.load(b_ptr + off), False)
+    tl.store(o_ptr + off, h)
+
+
+@functools.cache
+def _reverse_scan_needs_flip(device_index: int) -> bool:
+    """True when this Triton's ``reverse=True`` scan mis-orders a non-commutative combine.
+
+    (An open Triton issue, #4362, reports wrong reverse scans; check once per device and
+    fall back to flip + forward scan, which is always right.)
+    """
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(DEFAULT_CHUNK, BWD_BLOCK_E, 16, generator=g) * 0.5 + 0.5
+    b = torch.randn(DEFAULT_CHUNK, BWD_BLOCK_E, 16, generator=g)
+    want = torch.empty_like(b)
+    acc = torch.zeros_like(b[0])
+    for i in reversed(range(a.shape[0])):
+        acc = a[i] * acc + b[i]
+        want[i] = acc
+    dev = torch.device("cuda", device_index) if device_index >= 0 else torch.device("cpu")
+    a, b = a.to(dev), b.to(dev)
+    out = torch.empty_like(b)
+    _probe_kernel[(1,)](a, b, out, DEFAULT_CHUNK, BWD_BLOCK_E, 16)
+    return not torch.allclose(out.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- host side
+
+
+def _pow2(x: int) -> int:
+    return triton.next_power_of_2(max(int(x), 1))
+
+
+def _unit_last(x: torch.Tensor | None) -> torch.Tensor | None:
+    """The kernels take any batch/token strides but need the last axis contiguous."""
+    if x is None:
+        return None
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _bt_strides(x: torch.Tensor | None) -> tuple[int, int]:
+    return (0, 0) if x is None else (x.stride(0), x.stride(1))
+
+
+def _check(u, delta, A, B, C, D, z, delta_bias) -> None:
+    if u.device.type != "cuda" and not _interpreting():
+        raise ValueError(f"triton scan needs CUDA tensors, got {u.device}")
+    if u.ndim != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must be [Bt, L, E] of equal shape, got {tuple(u.shape)}, "
+                         f"{tuple(delta.shape)}")
+    bt, length, e = u.shape
+    if A.ndim != 2 or A.shape[0] != e:
+        raise ValueError(f"A must be [E={e}, N], got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, m in (("B", B), ("C", C)):
+        if m.shape != (bt, length, n):
+            raise ValueError(f"{name} must be [Bt, L, N] = {(bt, length, n)}, got {tuple(m.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must match u {tuple(u.shape)}, got {tuple(z.shape)}")
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None and v.shape != (e,):
+            raise ValueError(f"{name} must be [E={e}], got {tuple(v.shape)}")
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _flip_mode(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return _reverse_scan_needs_flip(-1)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return _reverse_scan_needs_flip(index)
+
+
+def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk):
+    """Launch the three forward stages; returns ``y`` and the chunk end states ``S``, ``DS``."""
+    bt, length, e = u.shape
+    n = A.shape[1]
+    bn = _pow2(n)
+    k = triton.cdiv(length, chunk)
+    S = torch.empty(bt, k, e, n, device=u.device, dtype=torch.float32)
+    DS = torch.empty(bt, k, e, device=u.device, dtype=torch.float32)
+    dummy = A  # placeholder pointer for absent optional tensors
+    grid = (k, triton.cdiv(e, FWD_BLOCK_E), bt)
+    _chunk_end_kernel[grid](
+        u, delta, B, A, delta_bias if delta_bias is not None else dummy, S, DS,
+        length, e, n, k, *_bt_strides(u), *_bt_strides(delta), *_bt_strides(B),
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, T=chunk, BE=FWD_BLOCK_E, BN=bn,
+        num_warps=FWD_WARPS,
+    )
+    _carry(S, DS, A, reverse=False)
+    y = torch.empty(bt, length, e, device=u.device, dtype=u.dtype)
+    _chunk_out_kernel[grid](
+        u, delta, B, C, A, D if D is not None else dummy, z if z is not None else u,
+        delta_bias if delta_bias is not None else dummy, S, y,
+        length, e, n, k, *_bt_strides(u), *_bt_strides(delta), *_bt_strides(B),
+        *_bt_strides(C), *_bt_strides(z), *_bt_strides(y),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=softplus, T=chunk, BE=FWD_BLOCK_E, BN=bn, num_warps=FWD_WARPS,
+    )
+    return y, S, DS
+
+
+def _carry(S: torch.Tensor, DS: torch.Tensor, A: torch.Tensor, reverse: bool) -> None:
+    bt, k, e, n = S.shape
+    be = 1  # one channel per program: the carry is a sequential walk, so spread it wide
+    _carry_kernel[(triton.cdiv(e, be), bt)](
+        S, DS, A, e, n, k, REVERSE=reverse, BK=min(CARRY_BLOCK_K, _pow2(k)), BE=be, BN=_pow2(n),
+        num_warps=4,
+    )
+
+
+def _channel_groups(blocks: int, chunks: int) -> tuple[int, int]:
+    """Split ``blocks`` channel blocks into groups, one program per (chunk, group).
+
+    A program sums ``dB, dC`` over its group's channels in registers; the groups' partial
+    sums (``[groups, Bt, L, N]``) are added by torch. Few groups when there are many
+    chunks (little partial traffic), more when chunks alone don't fill the GPU.
+    """
+    groups = min(blocks, max(1, triton.cdiv(BWD_MIN_PROGRAMS, chunks)))
+    per_prog = triton.cdiv(blocks, groups)
+    return triton.cdiv(blocks, per_prog), per_prog
+
+
+class _TritonScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, chunk):
+        A32 = A.float().contiguous()
+        D32 = None if D is None else D.float().contiguous()
+        bias32 = None if delta_bias is None else delta_bias.float().contiguous()
+        y, S, DS = _forward(u, delta, A32, B, C, D32, z, bias32, softplus, chunk)
+        ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, S, DS)
+        ctx.softplus, ctx.chunk = softplus, chunk
+        ctx.dtypes = (A.dtype, None if D is None else D.dtype,
+                      None if delta_bias is None else delta_bias.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        u, delta, A, B, C, D, z, bias, S, DS = ctx.saved_tensors
+        dy = _unit_last(dy)
+        bt, length, e = u.shape
+        n = A.shape[1]
+        bn = _pow2(n)
+        chunk = ctx.chunk
+        k = S.shape[1]
+        flip = _flip_mode(u.device)
+        dummy = A
+        # adjoint at every chunk boundary: reverse local pass, then reverse carry
+        Q = torch.empty_like(S)
+        grid_f = (k, triton.cdiv(e, FWD_BLOCK_E), bt)
+        _chunk_adj_kernel[grid_f](
+            dy, z if z is not None else u, delta, C, A, bias if bias is not None else dummy, Q,
+            length, e, n, k, *_bt_strides(dy), *_bt_strides(z), *_bt_strides(delta),
+            *_bt_strides(C),
+            HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=ctx.softplus, FLIP=flip,
+            T=chunk, BE=FWD_BLOCK_E, BN=bn, num_warps=FWD_WARPS,
+        )
+        _carry(Q, DS, A, reverse=True)
+
+        f32 = dict(device=u.device, dtype=torch.float32)
+        groups, per_prog = _channel_groups(triton.cdiv(e, BWD_BLOCK_E), bt * k)
+        du = torch.empty(bt, length, e, **f32)
+        dd = torch.empty(bt, length, e, **f32)
+        dz = torch.empty(bt, length, e, **f32) if z is not None else None
+        dB = torch.empty(groups, bt, length, n, **f32)
+        dC = torch.empty(groups, bt, length, n, **f32)
+        dA = torch.empty(bt, k, e, n, **f32)
+        dD = torch.empty(bt, k, e, **f32)
+        dbias = torch.empty(bt, k, e, **f32)
+        _chunk_bwd_kernel[(k, groups, bt)](
+            u, delta, B, C, A, D if D is not None else dummy, z if z is not None else u,
+            bias if bias is not None else dummy, dy, S, Q,
+            du, dd, dz if dz is not None else du, dB, dC, dA, dD, dbias,
+            length, e, n, k, bt,
+            *_bt_strides(u), *_bt_strides(delta), *_bt_strides(B), *_bt_strides(C),
+            *_bt_strides(z), *_bt_strides(dy),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None,
+            SOFTPLUS=ctx.softplus, FLIP=flip, T=chunk, BE=BWD_BLOCK_E, BN=bn,
+            BLOCKS_PER_PROG=per_prog, num_warps=BWD_WARPS,
+        )
+        a_dt, d_dt, bias_dt = ctx.dtypes
+        grads = [
+            du.to(u.dtype),
+            dd.to(delta.dtype),
+            dA.sum((0, 1)).to(a_dt),
+            dB.sum(0).to(B.dtype),
+            dC.sum(0).to(C.dtype),
+            None if D is None else dD.sum((0, 1)).to(d_dt),
+            None if z is None else dz.to(z.dtype),
+            None if bias is None else dbias.sum((0, 1)).to(bias_dt),
+        ]
+        return (*grads, None, None)
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Chunk-parallel selective scan; same contract as :func:`selective_scan_reference`.
+
+    Args:
+        u, delta, z: ``[Bt, L, E]`` (float32, bfloat16 or float16; any batch/token strides).
+        A: ``[E, N]``; B, C: ``[Bt, L, N]``; D, delta_bias: ``[E]``.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+        chunk: tokens per chunk (a power of two; None = ``DEFAULT_CHUNK``).
+
+    Returns:
+        ``y`` ``[Bt, L, E]`` in ``u``'s dtype; the state is float32 throughout.
+        Differentiable with respect to every tensor argument.
+    """
+    _check(u, delta, A, B, C, D, z, delta_bias)
+    chunk = DEFAULT_CHUNK if chunk is None else int(chunk)
+    if chunk < 2 or chunk & (chunk - 1):
+        raise ValueError(f"chunk must be a power of two, got {chunk}")
+    if u.dtype == torch.float64:
+        raise ValueError("triton scan computes in float32; use the reference backend for float64")
+    u, delta, B, C, z = (_unit_last(x) for x in (u, delta, B, C, z))
+    return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), chunk)
+
+
+__all__ = ["DEFAULT_CHUNK", "selective_scan_triton"]

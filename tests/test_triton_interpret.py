@@ -1,0 +1,161 @@
+"""The Triton scan kernels on the CPU through Triton's interpreter, against the float64 reference.
+
+Tiny shapes (the interpreter runs each tile element by element); the same kernels run
+compiled on CUDA in ``test_scan_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_lightm.model.scan.reference import selective_scan_reference
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("Triton is not installed", allow_module_level=True)
+
+SOURCE = Path(__file__).resolve().parents[1] / "src/napari_lightm/model/scan/triton_scan.py"
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+@pytest.fixture(scope="module")
+def ts():
+    """A private copy of ``triton_scan`` whose kernels run in Triton's interpreter."""
+    mp = pytest.MonkeyPatch()
+    # read when triton.language and the module's kernels are decorated, so before the
+    # first `import triton` of this session
+    mp.setenv("TRITON_INTERPRET", "1")
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(tl.standard.sum, InterpretedFunction):
+        mp.undo()
+        pytest.skip("triton was imported earlier in this session without TRITON_INTERPRET=1; "
+                    "run this file on its own")
+    spec = importlib.util.spec_from_file_location("_triton_scan_interpreted", SOURCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _interpret(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the module checks it per call too
+
+
+def inputs(bt=2, length=21, e=3, n=4, harsh=False, full=True, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    u, delta, z = r(bt, length, e), r(bt, length, e), r(bt, length, e)
+    a = -torch.rand(e, n, generator=g) * 3 - 0.05
+    if harsh:  # large steps next to near-zero decay rates
+        delta = delta * 4 + 2
+        a[0] = -1e-3
+    b, c, d, bias = r(bt, length, n), r(bt, length, n), r(e), r(e)
+    args = [u.to(dtype), delta.to(dtype), a, b.to(dtype), c.to(dtype), d, z.to(dtype), bias]
+    if not full:
+        args[5] = args[6] = args[7] = None
+    return args
+
+
+def run_both(ts, args, softplus, chunk=8):
+    """Triton (fp32) and reference (float64) outputs and gradients for the same leaves."""
+    leaves = [None if t is None else t.clone().requires_grad_() for t in args]
+    y = ts.selective_scan_triton(*leaves[:7], delta_bias=leaves[7], delta_softplus=softplus,
+                                 chunk=chunk)
+    leaves64 = [None if t is None else t.detach().double().requires_grad_() for t in args]
+    y64 = selective_scan_reference(*leaves64[:7], delta_bias=leaves64[7],
+                                   delta_softplus=softplus)
+    gy = torch.randn(y64.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    used = [t for t in leaves if t is not None]
+    used64 = [t for t in leaves64 if t is not None]
+    grads = torch.autograd.grad(y, used, gy.to(y.dtype))
+    grads64 = torch.autograd.grad(y64, used64, gy)
+    names = [n for n, t in zip(NAMES, args) if t is not None]
+    return y, y64, dict(zip(names, zip(grads, grads64)))
+
+
+def rel(a, b):
+    return ((a.double() - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize(
+    ("full", "softplus", "harsh", "n"),
+    [(True, True, False, 4), (False, False, False, 3), (True, True, True, 4)],
+    ids=["gated+bias+softplus", "bare, N=3", "harsh decays"],
+)
+def test_forward_and_gradients_match_float64_reference(ts, full, softplus, harsh, n):
+    args = inputs(full=full, harsh=harsh, n=n)
+    y, y64, grads = run_both(ts, args, softplus)
+    assert y.dtype == torch.float32 and y.shape == y64.shape
+    assert rel(y, y64) < 1e-5
+    for name, (g, g64) in grads.items():
+        assert g.shape == g64.shape, name
+        assert rel(g, g64) < 1e-4, name
+
+
+def test_flip_fallback_for_reverse_scans_is_exact(ts, monkeypatch):
+    """The path used where Triton's reverse scan mis-orders (see _reverse_scan_needs_flip)."""
+    monkeypatch.setattr(ts, "_flip_mode", lambda device: True)
+    _, _, grads = run_both(ts, inputs(seed=3), softplus=True)
+    for name, (g, g64) in grads.items():
+        assert rel(g, g64) < 1e-4, name
+
+
+@pytest.mark.parametrize("min_programs", [1, 6, 10**6], ids=["1 group", "2 groups", "per block"])
+def test_channel_groups_of_the_backward_kernel(ts, monkeypatch, min_programs):
+    """dB/dC summed over channels in registers (groups of blocks) or as per-block partials."""
+    monkeypatch.setattr(ts, "BWD_MIN_PROGRAMS", min_programs)  # 3 chunks x 3 channel blocks
+    _, _, grads = run_both(ts, inputs(bt=1, e=9, seed=8), softplus=True)
+    for name, (g, g64) in grads.items():
+        assert rel(g, g64) < 1e-4, name
+
+
+def test_reverse_scan_probe_passes_in_interpreter(ts):
+    assert ts._reverse_scan_needs_flip(-1) is False
+
+
+def test_bfloat16_inputs_keep_float32_state(ts):
+    args = inputs(dtype=torch.bfloat16, seed=4)
+    y = ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True, chunk=8)
+    ref = selective_scan_reference(*[t.double() for t in args[:7]], delta_bias=args[7].double(),
+                                   delta_softplus=True)
+    assert y.dtype == torch.bfloat16
+    assert rel(y.float(), ref) < 1e-2  # only the output rounding to bfloat16
+
+
+def test_strided_token_major_views_need_no_copy(ts):
+    """``x, z = in_proj(u).split(E, -1)`` views (token stride 2E) give the contiguous result."""
+    u, delta, a, b, c, d, z, bias = inputs(seed=5)
+    xz = torch.cat([u, z], dim=-1)
+    x_view, z_view = xz.split(u.shape[-1], dim=-1)
+    y_view = ts.selective_scan_triton(x_view, delta, a, b, c, d, z_view, bias, True, chunk=16)
+    y = ts.selective_scan_triton(u, delta, a, b, c, d, z, bias, True, chunk=16)
+    torch.testing.assert_close(y_view, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.__setitem__(2, a[2][:2]), "A must be"),
+        (lambda a: a.__setitem__(3, a[3][:, :-1]), "B must be"),
+        (lambda a: a.__setitem__(6, a[6][..., :-1]), "z must match"),
+        (lambda a: a.__setitem__(0, a[0].double()), "float64"),
+    ],
+    ids=["A", "B", "z", "float64"],
+)
+def test_bad_input_is_named(ts, change, message):
+    args = inputs(seed=6)
+    change(args)
+    with pytest.raises(ValueError, match=message):
+        ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True, chunk=8)
+
+
+def test_chunk_must_be_a_power_of_two(ts):
+    args = inputs(seed=7)
+    with pytest.raises(ValueError, match="power of two"):
+        ts.selective_scan_triton(*args, chunk=12)
