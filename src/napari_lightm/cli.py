@@ -1,11 +1,306 @@
-"""``lightm``: the command line of napari-lightm (predict, train, finetune, evaluate, bench)."""
+"""``lightm``: the command line of napari-lightm (predict, train, finetune, evaluate, bench).
+
+Every sub-command calls the same core functions as the napari widget. Bad input (a
+``ValueError``: unreadable file, wrong checkpoint, missing folder, unknown device) prints
+one line ``lightm: error: ...`` on stderr and exits with status 2, without a traceback.
+Runs under ``torchrun`` (``python -m napari_lightm.cli train ...``) for multi-GPU training.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from napari_lightm import __version__
+
+EXIT_BAD_INPUT = 2
+EXIT_CANCELLED = 130
+
+
+class CLIError(ValueError):
+    """Bad command-line input (one-line message)."""
+
+
+# --- progress bars ------------------------------------------------------------------------
+
+
+def progress_bar(enabled: bool = True) -> Callable[[Any], None]:
+    """A progress callback drawing one tqdm bar per stage (stderr); no-op when disabled."""
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def callback(p: Any) -> None:
+        if not enabled:
+            return
+        if p.stage == "validate":
+            tqdm.write(f"step {p.done}: {p.message}", file=sys.stderr)
+            return
+        bar = bars.get(p.stage)
+        if bar is None or (p.total and bar.total != p.total) or p.done < bar.n:
+            if bar is not None:
+                bar.close()
+            bar = bars[p.stage] = tqdm(
+                total=p.total or None,
+                desc=p.stage,
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
+        bar.update(p.done - bar.n)
+        if p.loss is not None:
+            bar.set_postfix(loss=f"{p.loss:.4f}")
+        if p.total and p.done >= p.total:
+            bar.close()
+            del bars[p.stage]
+
+    return callback
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected integers like 64,128,128, got {text!r}"
+        ) from err
+
+
+# --- sub-commands -------------------------------------------------------------------------
+
+
+def _image_files(folder: Path) -> list[Path]:
+    from napari_lightm.io import IMAGE_SUFFIXES
+
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if not p.name.startswith(".")
+        and p.is_file()
+        and any(p.name.lower().endswith(s) for s in IMAGE_SUFFIXES)
+    )
+
+
+def _labels_name(src: Path, suffix: str | None) -> str:
+    from napari_lightm.engine.data import _stem
+    from napari_lightm.io import LABEL_SUFFIXES
+
+    if suffix is None:
+        name = src.name.lower()
+        suffix = next((s for s in LABEL_SUFFIXES if name.endswith(s)), ".nii.gz")
+    return _stem(src) + suffix
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Labels for an image file or every image of a folder, written with the source geometry."""
+    from napari_lightm.engine import Segmenter
+    from napari_lightm.io import read_image, write_labels
+
+    seg = Segmenter.load(args.model, device=args.device)
+    src, dst = Path(args.input), Path(args.output)
+    if not src.exists():
+        raise CLIError(f"input not found: {src}")
+    batch = src.is_dir() and bool(_image_files(src))
+    jobs = (
+        [(f, dst / _labels_name(f, args.suffix)) for f in _image_files(src)]
+        if batch
+        else [(src, dst / _labels_name(src, args.suffix) if dst.is_dir() else dst)]
+    )
+    bar = progress_bar(not args.quiet)
+    for i, (image_path, out_path) in enumerate(jobs):
+        image, geometry = read_image(image_path)
+        t0 = time.perf_counter()
+        labels = seg.predict(image, geometry, overlap=args.overlap, tta=args.tta, progress=bar)
+        write_labels(out_path, labels, geometry)
+        print(
+            f"[{i + 1}/{len(jobs)}] {image_path.name} -> {out_path} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from napari_lightm.engine.training import train
+
+    kwargs: dict[str, Any] = {}
+    if args.init_filters:
+        kwargs["model_kwargs"] = {"init_filters": args.init_filters}
+    if args.lr is not None:
+        kwargs["lr"] = args.lr
+    result = train(
+        args.dataset,
+        args.out_dir,
+        spatial_dims=args.dims,
+        config=args.config,
+        modality=args.modality,
+        max_steps=args.steps,
+        epochs=args.epochs,
+        patch_size=args.patch_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        resume=args.resume,
+        val_every=args.val_every,
+        device=args.device,
+        augment=not args.no_augment,
+        progress=progress_bar(is_main_process() and not args.quiet),
+        **kwargs,
+    )
+    if is_main_process():
+        print(
+            f"trained {result.steps} steps; best validation Dice {result.best_dice:.4f}; "
+            f"checkpoints: {result.best_path}, {result.last_path}"
+        )
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_lightm.engine import FinetuneSample, Segmenter, finetune
+    from napari_lightm.engine.data import _stem, read_labels
+    from napari_lightm.io import read_image
+
+    seg = Segmenter.load(args.model, device=args.device)
+    images = {_stem(p): p for p in _image_files(_folder(args.images))}
+    labels = {_stem(p): p for p in _image_files(_folder(args.labels))}
+    reviewed = {_stem(p): p for p in _image_files(_folder(args.reviewed))} if args.reviewed else {}
+    common = sorted(set(images) & set(labels))
+    if not common:
+        raise CLIError(f"no file names in common between {args.images} and {args.labels}")
+    samples = []
+    for name in common:
+        image, geometry = read_image(images[name])
+        lab = read_labels(labels[name])
+        if args.reviewed:
+            if name not in reviewed:
+                raise CLIError(f"no reviewed mask for {name} in {args.reviewed}")
+            mask = read_labels(reviewed[name]) > 0
+        else:  # no masks: every voxel counts, except the ignore label 255
+            mask = lab != 255
+        samples.append(FinetuneSample(image, np.where(mask, lab, 0), mask, geometry))
+    new = finetune(
+        seg,
+        samples,
+        max_steps=args.steps,
+        max_seconds=args.seconds,
+        lr=args.lr,
+        progress=progress_bar(not args.quiet),
+    )
+    path = new.save(args.output)
+    h = new.history[-1]
+    print(
+        f"fine-tuned {h['steps']} steps on {len(samples)} image(s): loss {h['first_loss']:.4f} "
+        f"-> {h['last_loss']:.4f}; version {new.version} saved to {path}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_lightm.engine.metrics import evaluate_folders
+
+    names = None
+    if args.model:
+        from napari_lightm.engine.checkpoint import load_checkpoint
+
+        names = load_checkpoint(args.model)[1]["class_names"]
+    elif args.classes:
+        names = [n.strip() for n in args.classes.split(",")]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out.with_suffix(".csv"), out.with_suffix(".json")
+    result = evaluate_folders(args.pred, args.gt, names, out_csv=csv_path, out_json=json_path)
+    print(f"{len(result['cases'])} cases; mean per class:")
+    for name, m in result["mean"].items():
+        print(f"  {name}: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {m['hd95']:.2f}")
+    print(f"written {csv_path} and {json_path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Time model inference (forward of one batch, or a whole sliding-window predict)."""
+    import numpy as np
+    import torch
+
+    from napari_lightm.engine import Segmenter, pick_device
+
+    shape = tuple(args.shape)
+    dims = len(shape)
+    if dims not in (2, 3):
+        raise CLIError(f"--shape needs 2 or 3 sizes, got {shape}")
+    device = pick_device(args.device)
+    backend = None if args.backend == "auto" else args.backend
+    seg = Segmenter.new(
+        dims,
+        ["background", *[f"class {k}" for k in range(1, args.classes)]],
+        modality="CT",
+        config=args.config,
+        device=device,
+        scan_backend=backend,
+        patch_size=tuple(min(s, p) for s, p in zip(shape, args.patch or shape)),
+    )
+    backend_name = seg.backend  # raises for an unusable backend
+    if args.mode == "forward":
+        if any(s % 8 for s in shape):
+            raise CLIError(f"--shape {shape} must be multiples of 8 for --mode forward")
+        x = torch.randn(args.batch, 1, *shape, device=device)
+
+        def run() -> None:
+            with torch.no_grad():
+                seg.model(x)
+    else:
+        image = np.random.default_rng(0).normal(0, 300, shape).astype(np.float32)
+
+        def run() -> None:
+            seg.predict(image, tile_batch=args.batch)
+
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(args.warmup + args.repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    row = {
+        "mode": args.mode,
+        "shape": list(shape),
+        "batch": args.batch,
+        "config": args.config,
+        "backend": backend_name,
+        "device": str(device),
+        "median_ms": 1000 * float(np.median(times)),
+        "min_ms": 1000 * float(np.min(times)),
+        "repeats": len(times),
+        "parameters": seg.info()["parameters"],
+    }
+    if device.type == "cuda":
+        row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    print(json.dumps(row) if args.json else "  ".join(f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
+def _folder(path: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise CLIError(f"folder not found: {p}")
+    return p
+
+
+# --- parser ---------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +309,91 @@ def build_parser() -> argparse.ArgumentParser:
         description="LightM-UNet segmentation of CT/MRI volumes and chest X-rays.",
     )
     parser.add_argument("--version", action="version", version=f"lightm {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:N, mps"
+        )
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("predict", help="segment an image file or a folder of images")
+    p.add_argument("model", help="checkpoint (.safetensors or folder)")
+    p.add_argument("input", help="image file, DICOM folder, or folder of images")
+    p.add_argument("output", help="labels file (single input) or folder")
+    p.add_argument(
+        "--suffix",
+        default=None,
+        help="output suffix (.nii.gz, .nrrd, .mha, .png); default: the input's where possible",
+    )
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (0.5)")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
+    common(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "train", help="train on a dataset folder (imagesTr/labelsTr or images/labels)"
+    )
+    p.add_argument("dataset")
+    p.add_argument("out_dir")
+    p.add_argument("--dims", type=int, choices=(2, 3), default=None)
+    p.add_argument("--config", default="light", choices=("light", "repo"))
+    p.add_argument("--init-filters", type=int, default=None, help="override the config's width")
+    p.add_argument("--modality", default=None, help="CT, MR or XR (default: from dataset.json)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 1000)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of 250 steps")
+    p.add_argument("--patch-size", type=ints, default=None, help="e.g. 256,256 or 64,128,128")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/train_state.pt")
+    p.add_argument("--no-augment", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "finetune", help="fine-tune a checkpoint on images + labels (+ reviewed masks)"
+    )
+    p.add_argument("model")
+    p.add_argument("images", help="folder of images")
+    p.add_argument("labels", help="folder of label files (same names)")
+    p.add_argument("output", help="new checkpoint (.safetensors or folder)")
+    p.add_argument(
+        "--reviewed", default=None, help="folder of reviewed masks (non-zero = reviewed)"
+    )
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seconds", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    common(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="per-class Dice, IoU, HD95 of predicted vs true labels")
+    p.add_argument("pred", help="folder of predicted labels")
+    p.add_argument("gt", help="folder of ground-truth labels (same names)")
+    p.add_argument("--out", default="metrics", help="output stem: writes STEM.csv and STEM.json")
+    p.add_argument("--classes", default=None, help="comma-separated class names (0 = background)")
+    p.add_argument("--model", default=None, help="take the class names from this checkpoint")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="time inference on a synthetic input")
+    p.add_argument("--shape", type=ints, default=(256, 256), help="e.g. 256,256 or 128,128,128")
+    p.add_argument("--config", default="light", choices=("light", "repo"))
+    p.add_argument("--backend", default="auto", help="scan backend (auto, cpu, torch, triton, ...)")
+    p.add_argument(
+        "--mode",
+        default="forward",
+        choices=("forward", "predict"),
+        help="one forward pass, or a sliding-window predict of an image of --shape",
+    )
+    p.add_argument("--patch", type=ints, default=None, help="window for --mode predict")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--classes", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -24,7 +403,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    from napari_lightm.engine.callbacks import Cancelled
+
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"lightm: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (Cancelled, KeyboardInterrupt):
+        print("lightm: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
 
 
 if __name__ == "__main__":  # pragma: no cover

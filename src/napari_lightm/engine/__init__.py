@@ -1,1 +1,47 @@
-"""Preprocessing, sliding-window inference, training, fine-tuning, checkpoints (no Qt)."""
+"""Preprocessing, sliding-window inference, training, fine-tuning, checkpoints (no Qt).
+
+Public API (imported lazily, so ``import napari_lightm.engine`` does not load torch)::
+
+    from napari_lightm.engine import (Segmenter, FinetuneSample, finetune, iter_finetune,
+        train, iter_train, evaluate, Preprocessing, pick_device, CancelToken, Cancelled,
+        Progress, CheckpointError)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from napari_lightm.engine.callbacks import Cancelled, CancelToken, Progress, ProgressCallback
+
+_LAZY = {
+    "Segmenter": "segmenter",
+    "normalize_roi": "segmenter",
+    "FinetuneSample": "finetuning",
+    "finetune": "finetuning",
+    "iter_finetune": "finetuning",
+    "train": "training",
+    "iter_train": "training",
+    "TrainConfig": "training",
+    "evaluate": "metrics",
+    "evaluate_folders": "metrics",
+    "segmentation_metrics": "metrics",
+    "Preprocessing": "preprocessing",
+    "pick_device": "device",
+    "CheckpointError": "checkpoint",
+    "dice_ce_loss": "losses",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f"napari_lightm.engine.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'napari_lightm.engine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["CancelToken", "Cancelled", "Progress", "ProgressCallback", *_LAZY]

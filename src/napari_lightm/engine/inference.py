@@ -1,0 +1,162 @@
+"""Sliding-window inference with Gaussian weighting, tile by tile (progress + cancel).
+
+The window loop is ours (so a generator can yield after every tile and check a cancel
+token); the window grid (:func:`monai.inferers.utils.dense_patch_slices`) and the Gaussian
+importance map (:func:`monai.data.utils.compute_importance_map`, sigma = 1/8 of the
+window, as nnU-Net and MONAI) come from MONAI.
+
+- Input ``[P, C, *S]``: ``P`` independent planes (1 for a native 2D/3D image, the slices
+  along axis 0 for a 2D model on a 3D image), ``C`` channels, ``*S`` spatial.
+- Spatial sizes are padded (constant 0, i.e. the normalised mean) to a multiple of 8 and
+  at least the window; the window is the model's patch size, shrunk to the padded image.
+- Mirroring TTA averages the logits over flips of every subset of spatial axes.
+- On CUDA: autocast (bfloat16 where supported, else float16); the selective scan itself
+  always runs in float32 (see :func:`napari_lightm.model.scan.selective_scan`). If a
+  tile batch runs out of GPU memory it is halved and retried (down to 1).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Generator, Sequence
+
+import torch
+
+from napari_lightm.engine.callbacks import CancelToken, Progress, check
+
+DIVISOR = 8
+
+
+def padded_size(
+    size: Sequence[int], patch: Sequence[int], divisor: int = DIVISOR
+) -> tuple[int, ...]:
+    """Spatial size after padding: a multiple of ``divisor`` and at least ``patch``."""
+    return tuple(max(math.ceil(s / divisor) * divisor, p) for s, p in zip(size, patch))
+
+
+def window_size(
+    size: Sequence[int], patch: Sequence[int], divisor: int = DIVISOR
+) -> tuple[int, ...]:
+    """Window: the patch, shrunk to the image (rounded up to ``divisor``) where it is smaller."""
+    return tuple(min(p, math.ceil(s / divisor) * divisor) for s, p in zip(size, patch))
+
+
+def window_slices(
+    size: Sequence[int], window: Sequence[int], overlap: float
+) -> list[tuple[slice, ...]]:
+    """Window positions covering ``size`` with fractional ``overlap`` (0 <= overlap < 1)."""
+    from monai.inferers.utils import dense_patch_slices
+
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    interval = [max(1, int(w * (1 - overlap))) if w < s else s for s, w in zip(size, window)]
+    return dense_patch_slices(tuple(size), tuple(window), tuple(interval))
+
+
+def mirror_axes(spatial_dims: int, tta: bool) -> list[tuple[int, ...]]:
+    """Flip combinations (tensor dims of ``[B, C, *S]``) averaged by mirroring TTA."""
+    dims = range(2, 2 + spatial_dims)
+    if not tta:
+        return [()]
+    return [c for r in range(spatial_dims + 1) for c in itertools.combinations(dims, r)]
+
+
+def autocast_context(device: torch.device, enabled: bool = True):
+    """Autocast on CUDA (bf16 if supported, else fp16); a no-op elsewhere."""
+    if device.type != "cuda" or not enabled:
+        return torch.autocast(device_type="cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def mirrored_logits(
+    model: torch.nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]], amp: bool = True
+) -> torch.Tensor:
+    """Logits ``[B, K, *W]`` float32 averaged over the mirror flips (``[()]`` = plain)."""
+    total = None
+    with torch.no_grad(), autocast_context(x.device, amp):
+        for f in flips:
+            y = model(x.flip(f) if f else x).float()
+            y = y.flip(f) if f else y
+            total = y if total is None else total + y
+    return total / len(flips)
+
+
+def iter_sliding_window(
+    model: torch.nn.Module,
+    volume: torch.Tensor,
+    patch_size: Sequence[int],
+    n_classes: int,
+    *,
+    overlap: float = 0.5,
+    tta: bool = False,
+    tile_batch: int | None = None,
+    amp: bool = True,
+    cancel: CancelToken | None = None,
+    stage: str = "predict",
+) -> Generator[Progress, None, torch.Tensor]:
+    """Gaussian-weighted sliding-window logits, one :class:`Progress` per tile.
+
+    Args:
+        model: maps ``[B, C, *W] -> [B, n_classes, *W]`` (in eval mode).
+        volume: ``[P, C, *S]`` float32 (any device; moved tile by tile).
+        patch_size: window size per spatial axis.
+        n_classes: logit channels.
+        overlap: window overlap fraction (0.5 = nnU-Net / the authors).
+        tta: mirroring test-time augmentation.
+        tile_batch: tiles per forward (default 4 on CUDA, 1 elsewhere); halves on OOM.
+        amp: autocast on CUDA.
+        cancel: checked between tiles; raises :class:`Cancelled`.
+
+    Returns (generator return value):
+        logits ``[P, n_classes, *S]`` float32 on the CPU.
+    """
+    import torch.nn.functional as F
+    from monai.data.utils import compute_importance_map
+
+    device = next(model.parameters()).device
+    n_planes, _, *size = volume.shape
+    nd = len(size)
+    if len(patch_size) != nd:
+        raise ValueError(f"patch size {tuple(patch_size)} does not match {nd} spatial axes")
+    window = window_size(size, patch_size)
+    padded = padded_size(size, window)
+    pad = [p for s, t in zip(reversed(size), reversed(padded)) for p in (0, t - s)]
+    if any(pad):
+        volume = F.pad(volume, pad)
+    slices = window_slices(padded, window, overlap)
+    tiles = [(p, sl) for p in range(n_planes) for sl in slices]
+    weight = compute_importance_map(window, mode="gaussian", sigma_scale=0.125, device="cpu")
+    weight = weight.clamp_min(max(float(weight.min()), 1e-3)).float()  # never divide by ~0
+    out = torch.zeros((n_planes, n_classes, *padded), dtype=torch.float32)
+    norm = torch.zeros((n_planes, 1, *padded), dtype=torch.float32)
+    flips = mirror_axes(nd, tta)
+    batch = tile_batch or (4 if device.type == "cuda" else 1)
+
+    done = 0
+    yield Progress(0, len(tiles), stage)
+    while done < len(tiles):
+        check(cancel)
+        chunk = tiles[done : done + batch]
+        x = torch.stack([volume[(p, slice(None), *sl)] for p, sl in chunk])
+        try:
+            logits = mirrored_logits(model, x.to(device, torch.float32), flips, amp)
+        except torch.cuda.OutOfMemoryError:
+            if batch == 1:
+                raise
+            torch.cuda.empty_cache()
+            batch = max(1, batch // 2)  # smaller tiles batch, same windows
+            continue
+        logits = logits.cpu()
+        for (p, sl), lg in zip(chunk, logits):
+            out[(p, slice(None), *sl)] += lg * weight
+            norm[(p, slice(None), *sl)] += weight
+        done += len(chunk)
+        yield Progress(done, len(tiles), stage)
+    out /= norm
+    crop = tuple(slice(0, s) for s in size)
+    return out[(slice(None), slice(None), *crop)].contiguous()
+
+
+__all__ = ["iter_sliding_window", "mirror_axes", "padded_size", "window_size", "window_slices"]

@@ -1,0 +1,568 @@
+"""``Segmenter``: a LightM-UNet with its classes, preprocessing and history; predicts labels.
+
+Prediction rules:
+
+- The image is ``[*S]`` (one channel) or ``[C, *S]`` (``in_channels`` > 1), in array
+  order, raw intensities (CT in HU). ``geometry`` (:class:`napari_lightm.io.Geometry`)
+  gives the voxel spacing; without it the spacing is taken as 1 mm.
+- A 2D model on a 3D image predicts slice by slice along axis 0. A 3D model on a 2D
+  image is an error.
+- ``roi``: a tuple of slices in image array coordinates (one per spatial axis; missing
+  trailing axes mean the whole axis; step 1). Inference runs on the region plus a
+  context margin of a quarter of the patch size per axis (none along the slice axis of
+  a 2D model on a 3D image), clipped to the image, and returns labels for the region
+  only. Intensity normalisation always uses the whole image (per-image z-score).
+- Labels: ``uint8`` (``uint16`` beyond 256 classes); value ``i`` = ``class_names[i]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_lightm.engine.callbacks import CancelToken, Progress, ProgressCallback
+from napari_lightm.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_lightm.engine.preprocessing import (
+    Preprocessing,
+    array_spacing,
+    as_channels,
+    resample_shape,
+    resample_to,
+)
+
+DEFAULT_PATCH = {2: (256, 256), 3: (64, 128, 128)}
+ROI_MARGIN_FRACTION = 0.25
+
+
+def _drain(gen: Generator[Progress, None, Any], progress: ProgressCallback | None) -> Any:
+    """Run a generator to its end, forwarding its Progress to ``progress``; return its value."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(item)
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Segmenter:
+    """A LightM-UNet model plus everything needed to use it on an image.
+
+    Build with :meth:`new` or :meth:`load`; predict with :meth:`predict` /
+    :meth:`iter_predict` / :meth:`predict_proba`; save with :meth:`save`.
+
+    Attributes:
+        model: the :class:`~napari_lightm.model.LightMUNet` (on ``device``).
+        config: configuration name (``"light"``, ``"repo"``, ``"custom"``).
+        class_names: names per label value, index 0 = background.
+        preprocessing: :class:`Preprocessing` (modality, spacing, intensity statistics).
+        patch_size: training / inference window, array order, model spatial axes.
+        version: 0 for a new model, +1 per training or fine-tuning run.
+        history: one dict per training / fine-tuning run.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        config: str,
+        class_names: Sequence[str],
+        preprocessing: Preprocessing,
+        patch_size: Sequence[int],
+        version: int = 0,
+        history: Sequence[dict] = (),
+    ):
+        if len(class_names) != model.out_channels:
+            raise ValueError(
+                f"{len(class_names)} class names for a model with {model.out_channels} outputs"
+            )
+        if len(patch_size) != model.spatial_dims or any(int(p) % 8 for p in patch_size):
+            raise ValueError(
+                f"patch size {tuple(patch_size)} must have {model.spatial_dims} entries, "
+                "each a multiple of 8"
+            )
+        self.model = model
+        self.config = config
+        self.class_names = list(class_names)
+        self.preprocessing = preprocessing
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.version = int(version)
+        self.history = [dict(h) for h in history]
+
+    # --- construction -----------------------------------------------------------
+    @classmethod
+    def new(
+        cls,
+        spatial_dims: int,
+        class_names: Sequence[str],
+        modality: str = "CT",
+        config: str = "light",
+        in_channels: int = 1,
+        patch_size: Sequence[int] | None = None,
+        spacing: Sequence[float] | None = None,
+        device: Any = "auto",
+        scan_backend: str | None = None,
+        **model_kwargs: Any,
+    ) -> Segmenter:
+        """A new, untrained model.
+
+        Args:
+            spatial_dims: 2 or 3.
+            class_names: at least two names; index 0 is the background.
+            modality: ``"CT"``, ``"MR"`` or ``"XR"``.
+            config: ``"light"`` (f=16) or ``"repo"`` (f=32).
+            in_channels: image channels.
+            patch_size: window (multiples of 8); default 256² (2D) / 64x128x128 (3D).
+            spacing: model voxel size, array order (None = images as they are).
+            device: see :func:`napari_lightm.engine.pick_device`.
+            scan_backend: force a selective-scan backend (None = auto).
+            **model_kwargs: override the config's LightMUNet arguments (e.g.
+                ``init_filters=8``); the config is then called ``"custom"``.
+        """
+        from napari_lightm.engine.device import pick_device
+        from napari_lightm.model import LightMUNet
+
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        names = [str(n) for n in class_names]
+        if len(names) < 2:
+            raise ValueError("give at least two class names (background and one structure)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names must be unique, got {names}")
+        if spacing is not None and len(spacing) != spatial_dims:
+            raise ValueError(f"spacing {tuple(spacing)} needs {spatial_dims} values")
+        dev = pick_device(device)
+        model = LightMUNet.from_config(
+            config, spatial_dims, in_channels, len(names), scan_backend=scan_backend, **model_kwargs
+        )
+        pre = Preprocessing.default(modality, in_channels, spacing)
+        seg = cls(
+            model.to(dev).eval(),
+            config=config if not model_kwargs else "custom",
+            class_names=names,
+            preprocessing=pre,
+            patch_size=patch_size or DEFAULT_PATCH[spatial_dims],
+        )
+        seg.base_config = config
+        return seg
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: Any = "auto",
+        *,
+        spatial_dims: int | None = None,
+        class_names: Sequence[str] | None = None,
+        in_channels: int | None = None,
+        scan_backend: str | None = None,
+    ) -> Segmenter:
+        """Load a checkpoint (``.safetensors`` file or checkpoint folder).
+
+        The optional ``spatial_dims`` / ``class_names`` / ``in_channels`` are what the
+        caller needs; a checkpoint made for something else raises
+        :class:`CheckpointError` naming the difference (as do missing or corrupt files).
+        """
+        from napari_lightm.engine.device import pick_device
+
+        state, meta, file = load_checkpoint(path)
+        seg = cls.from_metadata(state, meta, file, scan_backend=scan_backend)
+        seg.expect(
+            spatial_dims=spatial_dims, class_names=class_names, in_channels=in_channels, source=file
+        )
+        seg.to(pick_device(device))
+        return seg
+
+    @classmethod
+    def from_metadata(
+        cls, state: dict, meta: dict, file: Any = "checkpoint", scan_backend: str | None = None
+    ) -> Segmenter:
+        from napari_lightm.model import LightMUNet
+
+        try:
+            arch = dict(meta["architecture"])
+            kwargs = {
+                k: arch[k]
+                for k in (
+                    "spatial_dims",
+                    "in_channels",
+                    "out_channels",
+                    "init_filters",
+                    "blocks_down",
+                    "blocks_up",
+                )
+            }
+            model = LightMUNet(**kwargs, scan_backend=scan_backend)
+            pre = Preprocessing.from_dict(meta["preprocessing"])
+            seg = cls(
+                model,
+                config=arch.get("config", "custom"),
+                class_names=meta["class_names"],
+                preprocessing=pre,
+                patch_size=meta["patch_size"],
+                version=meta.get("version", 0),
+                history=meta.get("history", []),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {file} has unusable metadata: {err}") from err
+        seg.base_config = arch.get("base_config", arch.get("config", "custom"))
+        missing, unexpected, wrong = _state_mismatch(model.state_dict(), state)
+        if missing or unexpected or wrong:
+            raise CheckpointError(
+                f"weights in {file} do not fit the architecture its metadata describes: "
+                f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another "
+                f"shape (e.g. {(missing + unexpected + wrong)[:2]})"
+            )
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        return seg
+
+    def expect(
+        self,
+        *,
+        spatial_dims: int | None = None,
+        class_names: Sequence[str] | None = None,
+        in_channels: int | None = None,
+        source: Any = "checkpoint",
+    ) -> None:
+        """Raise :class:`CheckpointError` when this model is not for the given data."""
+        if spatial_dims is not None and spatial_dims != self.spatial_dims:
+            raise CheckpointError(
+                f"{source} is a {self.spatial_dims}D model; a {spatial_dims}D model is needed"
+            )
+        if class_names is not None and list(class_names) != self.class_names:
+            raise CheckpointError(
+                f"{source} segments classes {self.class_names}, not {list(class_names)}"
+            )
+        if in_channels is not None and in_channels != self.in_channels:
+            raise CheckpointError(
+                f"{source} takes {self.in_channels} input channel(s), not {in_channels}"
+            )
+
+    # --- properties ---------------------------------------------------------------
+    @property
+    def spatial_dims(self) -> int:
+        return self.model.spatial_dims
+
+    @property
+    def in_channels(self) -> int:
+        return self.model.in_channels
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def modality(self) -> str:
+        return self.preprocessing.modality
+
+    @property
+    def spacing(self) -> tuple[float, ...] | None:
+        return self.preprocessing.spacing
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    @property
+    def backend(self) -> str:
+        """Selective-scan backend the model uses on its device."""
+        return self.model.scan_backend
+
+    @property
+    def labels_dtype(self) -> type:
+        return np.uint8 if self.n_classes <= 256 else np.uint16
+
+    def to(self, device: Any) -> Segmenter:
+        """Move the model to ``device`` (in place); returns self."""
+        from napari_lightm.engine.device import pick_device
+
+        self.model.to(pick_device(device))
+        return self
+
+    def copy(self) -> Segmenter:
+        """An independent copy (weights, preprocessing and history), same device."""
+        seg = Segmenter(
+            copy.deepcopy(self.model),
+            config=self.config,
+            class_names=self.class_names,
+            preprocessing=Preprocessing.from_dict(self.preprocessing.to_dict()),
+            patch_size=self.patch_size,
+            version=self.version,
+            history=self.history,
+        )
+        seg.base_config = getattr(self, "base_config", self.config)
+        return seg
+
+    def metadata(self) -> dict[str, Any]:
+        """Checkpoint metadata (JSON-able)."""
+        from napari_lightm import __version__
+
+        return {
+            "package_version": __version__,
+            "architecture": {
+                "name": "LightMUNet",
+                "config": self.config,
+                "base_config": getattr(self, "base_config", self.config),
+                **self.model.config(),
+            },
+            "class_names": self.class_names,
+            "modality": self.modality,
+            "preprocessing": self.preprocessing.to_dict(),
+            "patch_size": list(self.patch_size),
+            "spacing": None if self.spacing is None else list(self.spacing),
+            "version": self.version,
+            "history": self.history,
+            "saved": now(),
+        }
+
+    def info(self) -> dict[str, Any]:
+        """A summary for people: config, classes, version, backend, device, patch, spacing."""
+        from napari_lightm import __version__
+
+        return {
+            "config": self.config,
+            "spatial_dims": self.spatial_dims,
+            "classes": self.class_names,
+            "modality": self.modality,
+            "in_channels": self.in_channels,
+            "version": self.version,
+            "backend": self.backend,
+            "device": str(self.device),
+            "patch_size": list(self.patch_size),
+            "spacing": None if self.spacing is None else list(self.spacing),
+            "intensity": self.preprocessing.stats_from,
+            "history_length": len(self.history),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "package_version": __version__,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint atomically (``.safetensors`` file, or folder -> model.safetensors)."""
+        return save_checkpoint(path, self.model.state_dict(), self.metadata())
+
+    # --- input checks ---------------------------------------------------------------
+    def check_compatible(self, image: np.ndarray, geometry: Any = None) -> None:
+        """Raise ValueError naming what makes ``image`` unusable for this model."""
+        if not isinstance(image, np.ndarray) or image.dtype.kind not in "biuf":
+            raise ValueError(
+                f"image must be a numeric numpy array, got {type(image).__name__}"
+                + (f" of {image.dtype}" if isinstance(image, np.ndarray) else "")
+            )
+        spatial = image.ndim - (self.in_channels > 1)
+        if self.in_channels > 1 and (image.ndim < 3 or image.shape[0] != self.in_channels):
+            raise ValueError(
+                f"the model takes {self.in_channels} channels as [C, *S]; "
+                f"got an image of shape {image.shape}"
+            )
+        if spatial not in (2, 3):
+            raise ValueError(f"expected a 2D or 3D grey image, got shape {image.shape}")
+        if spatial < self.spatial_dims:
+            raise ValueError(
+                f"a 3D model cannot segment a 2D image (shape {image.shape}); use a 2D model"
+            )
+        if min(image.shape) < 1:
+            raise ValueError(f"image is empty (shape {image.shape})")
+        if image.dtype.kind == "f" and not np.isfinite(image).all():
+            raise ValueError("image has NaN or infinite voxels")
+        if geometry is not None and len(geometry.spacing) != spatial:
+            raise ValueError(
+                f"geometry has {len(geometry.spacing)} axes, the image {spatial} spatial axes"
+            )
+
+    # --- prediction -----------------------------------------------------------------
+    def iter_logits(
+        self,
+        image: np.ndarray,
+        geometry: Any = None,
+        *,
+        roi: Sequence[slice] | None = None,
+        overlap: float = 0.5,
+        tta: bool = False,
+        cancel: CancelToken | None = None,
+        tile_batch: int | None = None,
+    ) -> Generator[Progress, None, np.ndarray]:
+        """Yields Progress per tile; returns logits float32 ``[n_classes, *region]``."""
+        import torch
+
+        from napari_lightm.engine.inference import iter_sliding_window
+
+        self.check_compatible(image, geometry)
+        x = self.preprocessing.normalize(as_channels(image, self.in_channels))  # [C, *S]
+        size = x.shape[1:]
+        slice_mode = len(size) == 3 and self.spatial_dims == 2
+        region = normalize_roi(roi, size)
+        margins = [
+            0
+            if (slice_mode and a == 0)
+            else int(self.patch_size[a - slice_mode] * ROI_MARGIN_FRACTION)
+            for a in range(len(size))
+        ]
+        context = tuple(
+            slice(max(0, r.start - m), min(n, r.stop + m)) for r, m, n in zip(region, margins, size)
+        )
+        x = x[(slice(None), *context)]
+        spacing = array_spacing(geometry, len(size))
+        if slice_mode:  # [C, Z, Y, X] -> planes [Z, C, Y, X]
+            planes, spacing = np.ascontiguousarray(x.transpose(1, 0, 2, 3)), spacing[1:]
+        else:
+            planes = x[None]
+        in_plane = planes.shape[2:]
+        planes = resample_to(planes, spacing, self.spacing, order=1)
+        self.model.eval()
+        logits = yield from iter_sliding_window(
+            self.model,
+            torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)),
+            self.patch_size,
+            self.n_classes,
+            overlap=overlap,
+            tta=tta,
+            cancel=cancel,
+            tile_batch=tile_batch,
+        )
+        out = resample_shape(logits.numpy(), in_plane, order=1)  # [P, K, *S]
+        out = out.transpose(1, 0, 2, 3) if slice_mode else out[0]
+        inner = tuple(slice(r.start - c.start, r.stop - c.start) for r, c in zip(region, context))
+        return np.ascontiguousarray(out[(slice(None), *inner)], dtype=np.float32)
+
+    def iter_predict(
+        self,
+        image: np.ndarray,
+        geometry: Any = None,
+        *,
+        roi: Sequence[slice] | None = None,
+        overlap: float = 0.5,
+        tta: bool = False,
+        cancel: CancelToken | None = None,
+        tile_batch: int | None = None,
+    ) -> Generator[Progress, None, np.ndarray]:
+        """Yields :class:`Progress` per tile (``stage="predict"``); returns labels
+        (``uint8``, the image's spatial shape, or the roi's shape). Raises
+        :class:`Cancelled` between tiles when ``cancel`` is set."""
+        logits = yield from self.iter_logits(
+            image, geometry, roi=roi, overlap=overlap, tta=tta, cancel=cancel, tile_batch=tile_batch
+        )
+        return logits.argmax(0).astype(self.labels_dtype)
+
+    def predict(
+        self,
+        image: np.ndarray,
+        geometry: Any = None,
+        *,
+        roi: Sequence[slice] | None = None,
+        overlap: float = 0.5,
+        tta: bool = False,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        tile_batch: int | None = None,
+    ) -> np.ndarray:
+        """Labels for ``image`` (see :meth:`iter_predict`)."""
+        return _drain(
+            self.iter_predict(
+                image,
+                geometry,
+                roi=roi,
+                overlap=overlap,
+                tta=tta,
+                cancel=cancel,
+                tile_batch=tile_batch,
+            ),
+            progress,
+        )
+
+    def iter_predict_proba(
+        self,
+        image: np.ndarray,
+        geometry: Any = None,
+        *,
+        roi: Sequence[slice] | None = None,
+        overlap: float = 0.5,
+        tta: bool = False,
+        cancel: CancelToken | None = None,
+        tile_batch: int | None = None,
+    ) -> Generator[Progress, None, np.ndarray]:
+        """Like :meth:`iter_predict`; returns softmax float32 ``[n_classes, *region]``."""
+        logits = yield from self.iter_logits(
+            image, geometry, roi=roi, overlap=overlap, tta=tta, cancel=cancel, tile_batch=tile_batch
+        )
+        logits -= logits.max(0, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(0, keepdims=True)
+        return logits
+
+    def predict_proba(
+        self,
+        image: np.ndarray,
+        geometry: Any = None,
+        *,
+        roi: Sequence[slice] | None = None,
+        overlap: float = 0.5,
+        tta: bool = False,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        tile_batch: int | None = None,
+    ) -> np.ndarray:
+        """Class probabilities float32 ``[n_classes, *region]``."""
+        return _drain(
+            self.iter_predict_proba(
+                image,
+                geometry,
+                roi=roi,
+                overlap=overlap,
+                tta=tta,
+                cancel=cancel,
+                tile_batch=tile_batch,
+            ),
+            progress,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Segmenter({self.spatial_dims}D {self.config}, classes={self.class_names}, "
+            f"modality={self.modality}, version={self.version}, device={self.device})"
+        )
+
+
+def normalize_roi(roi: Sequence[slice] | None, size: Sequence[int]) -> tuple[slice, ...]:
+    """``roi`` (slices in array coordinates, None = everything) -> one bounded slice per axis.
+
+    Raises ValueError for steps other than 1, too many axes, or an empty region.
+    """
+    if roi is None:
+        roi = ()
+    if isinstance(roi, slice):
+        roi = (roi,)
+    roi = tuple(roi)
+    if len(roi) > len(size):
+        raise ValueError(f"roi has {len(roi)} axes, the image {len(size)}")
+    out = []
+    for axis, n in enumerate(size):
+        s = roi[axis] if axis < len(roi) else slice(None)
+        if not isinstance(s, slice):
+            raise ValueError(f"roi must be a tuple of slices, got {roi!r}")
+        start, stop, step = s.indices(n)
+        if step != 1:
+            raise ValueError(f"roi slices must have step 1, got {s}")
+        if stop <= start:
+            raise ValueError(f"roi {roi!r} is empty along axis {axis} (size {n})")
+        out.append(slice(start, stop))
+    return tuple(out)
+
+
+def _state_mismatch(expected: dict, got: dict) -> tuple[list[str], list[str], list[str]]:
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    wrong = [k for k in expected if k in got and tuple(expected[k].shape) != tuple(got[k].shape)]
+    return missing, unexpected, wrong
+
+
+__all__ = ["DEFAULT_PATCH", "Segmenter", "normalize_roi"]
