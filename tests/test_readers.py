@@ -501,3 +501,18 @@ def test_can_read_is_cheap_and_honest(tmp_path):
     assert can_read(dicom)  # no suffix, DICOM preamble
     assert can_read(tmp_path)  # a folder holding a DICOM file
     assert can_read(tmp_path / "table.nii") is False  # does not exist
+
+
+def test_numpy_array_files_read_with_unit_spacing(tmp_path):
+    array = np.arange(6 * 8, dtype=np.int16).reshape(6, 8)
+    np.save(tmp_path / "case.npy", array)
+    image, geometry = read_image(tmp_path / "case.npy")
+    np.testing.assert_array_equal(image, array)
+    assert geometry.spacing == (1.0, 1.0) and geometry.units == "pixel"
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 3, 4, 5)), np.array(["a", "b"])])
+def test_numpy_array_files_of_the_wrong_kind_are_refused(tmp_path, bad):
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(ImageReadError, match=r"bad\.npy: expected a 2D or 3D numeric array"):
+        read_image(tmp_path / "bad.npy")

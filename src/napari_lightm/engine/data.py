@@ -85,6 +85,7 @@ def _stem(path: Path) -> str:
         ".tif",
         ".tiff",
         ".dcm",
+        ".npy",
     ):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
@@ -92,12 +93,13 @@ def _stem(path: Path) -> str:
 
 
 def _files(folder: Path) -> list[Path]:
-    from napari_lightm.io import IMAGE_SUFFIXES
+    from napari_lightm.io.readers import ARRAY_SUFFIXES, IMAGE_SUFFIXES
 
+    suffixes = IMAGE_SUFFIXES + ARRAY_SUFFIXES
     return sorted(
         p
         for p in folder.iterdir()
-        if not p.name.startswith(".") and any(p.name.lower().endswith(s) for s in IMAGE_SUFFIXES)
+        if not p.name.startswith(".") and any(p.name.lower().endswith(s) for s in suffixes)
     )
 
 

@@ -50,6 +50,9 @@ META_SUFFIXES = (".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES + META_SUFFIXES
+# plain NumPy arrays (unit spacing): read by the core and the CLI for datasets made by
+# scripts; not offered to napari, whose own reader opens .npy
+ARRAY_SUFFIXES = (".npy",)
 IMAGE_SUFFIXES = VOLUME_SUFFIXES + DICOM_SUFFIXES + PICTURE_SUFFIXES
 
 # ITU-R BT.601 luma weights: how RGB X-ray exports are folded back to one grey channel
@@ -119,13 +122,29 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
             array, geometry = _read_volume(p)
         elif suffix in PICTURE_SUFFIXES:
             array, geometry = _read_picture(p)
+        elif suffix in ARRAY_SUFFIXES:
+            array, geometry = _read_array(p)
         else:
             raise ImageReadError(
                 f"{p}: unsupported file type {suffix or '(no suffix)'}; napari-lightm reads "
-                "NIfTI, NRRD, MetaImage, DICOM, PNG, JPEG and TIFF"
+                "NIfTI, NRRD, MetaImage, DICOM, PNG, JPEG, TIFF and NumPy .npy"
             )
     geometry.source = str(p)
     return finite_image(array, geometry, p), geometry
+
+
+def _read_array(path: Path) -> tuple[np.ndarray, Geometry]:
+    """A 2D or 3D ``.npy`` array in array order, unit spacing (``units="pixel"``)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ImageReadError(f"{path}: cannot read as a NumPy array ({err})") from None
+    if array.ndim not in (2, 3) or array.dtype.kind not in "biuf":
+        raise ImageReadError(
+            f"{path}: expected a 2D or 3D numeric array, got shape {array.shape} "
+            f"of {array.dtype}"
+        )
+    return array, Geometry.identity(array.ndim, units="pixel")
 
 
 # --- SimpleITK formats ------------------------------------------------------------------
@@ -320,6 +339,7 @@ def finite_image(array: np.ndarray, geometry: Geometry, path: Path) -> np.ndarra
 
 
 __all__ = [
+    "ARRAY_SUFFIXES",
     "IMAGE_SUFFIXES",
     "ImageReadError",
     "can_read",
