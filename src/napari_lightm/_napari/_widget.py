@@ -1,25 +1,403 @@
-"""The dock widget: a QWidget shell that gathers inputs, calls the core and applies results."""
+"""The dock widget: a QWidget shell that gathers inputs, calls the core and applies results.
+
+The parts live in their own modules: model panel (``_model_panel``), segmentation
+(``_segment``), click-to-segment (``_click``), reviewed slices and undoable writes
+(``_review``), fine-tuning (``_finetune_panel``), sessions (``_session``), the demo
+(``_demo``), the one key table (``_keybindings``) and the worker runner (``_workers``).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_lightm import __version__
+from napari_lightm._napari import _keybindings as keys
+from napari_lightm._napari._click import ClickController
+from napari_lightm._napari._finetune_panel import FinetunePanel
+from napari_lightm._napari._model_panel import ModelPanel, lightm_home
+from napari_lightm._napari._review import (
+    ReviewStrip,
+    ReviewTracker,
+    ensure_labels,
+    find_labels,
+    reviewed_slices,
+)
+from napari_lightm._napari._workers import JobRunner
 
 if TYPE_CHECKING:
     import napari
 
 
+def _button(action: str) -> QPushButton:
+    button = QPushButton(keys.button_text(action))
+    button.setToolTip(keys.tooltip(action))
+    return button
+
+
 class LightMWidget(QWidget):
-    """LightM-UNet segmentation panel docked in napari."""
+    """LightM-UNet segmentation panel docked in napari.
+
+    Public attributes used by tests and scripts: ``viewer``, ``model`` (ModelPanel),
+    ``runner`` (JobRunner), ``tracker`` (ReviewTracker), ``clicks`` (ClickController),
+    ``finetune`` (FinetunePanel), ``session_dir``.
+    """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.setObjectName("LightMWidget")
-        layout = QVBoxLayout(self)
+        self.session_dir: Path | None = None
+        # everything sits in a scroll area: a short napari window must not squash rows
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        content = QWidget()
+        scroll.setWidget(content)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
         self.title = QLabel(f"<b>LightM-UNet</b> segmentation &middot; v{__version__}")
         layout.addWidget(self.title)
+
+        row = QHBoxLayout()
+        row.addWidget(QLabel("image:"))
+        self.image_picker = QComboBox()
+        self.image_picker.setToolTip("the image to segment")
+        row.addWidget(self.image_picker, 1)
+        layout.addLayout(row)
+
+        self.model = ModelPanel()
+        layout.addWidget(self.model)
+
+        # --- segment ---------------------------------------------------------------
+        box = QGroupBox("Segment")
+        seg_layout = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.segment_image_button = _button("segment_image")
+        self.segment_slice_button = _button("segment_slice")
+        self.segment_box_button = _button("segment_box")
+        for b in (self.segment_image_button, self.segment_slice_button, self.segment_box_button):
+            row.addWidget(b)
+        seg_layout.addLayout(row)
+        row = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("idle")
+        self.cancel_button = _button("cancel")
+        self.cancel_button.setEnabled(False)
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.cancel_button)
+        seg_layout.addLayout(row)
+        row = QHBoxLayout()
+        self.click_button = _button("click_mode")
+        self.polarity_button = _button("toggle_polarity")
+        self.polarity_label = QLabel()
+        row.addWidget(self.click_button)
+        row.addWidget(self.polarity_button)
+        row.addWidget(self.polarity_label)
+        seg_layout.addLayout(row)
+        layout.addWidget(box)
+
+        # --- review ----------------------------------------------------------------
+        box = QGroupBox("Reviewed slices")
+        review_layout = QVBoxLayout(box)
+        self.mark_button = _button("mark_reviewed")
+        review_layout.addWidget(self.mark_button)
+        self.review_strip = ReviewStrip()
+        review_layout.addWidget(self.review_strip)
+        self.review_summary = QLabel("no labels yet")
+        self.review_summary.setWordWrap(True)
+        review_layout.addWidget(self.review_summary)
+        layout.addWidget(box)
+
+        self.finetune = FinetunePanel(self)
+        layout.addWidget(self.finetune)
+
+        row = QHBoxLayout()
+        self.save_session_button = QPushButton("Save session…")
+        self.open_session_button = QPushButton("Open session…")
+        self.demo_button = QPushButton("Demo: train in a minute")
+        self.demo_button.setToolTip(
+            "open the CT sample if needed, take 3 reference slices as "
+            "reviewed, train a small 2D model, segment the rest"
+        )
+        row.addWidget(self.save_session_button)
+        row.addWidget(self.open_session_button)
+        layout.addLayout(row)
+        layout.addWidget(self.demo_button)
         layout.addStretch(1)
+
+        self.runner = JobRunner(self.progress, self)
+        self.tracker = ReviewTracker(on_change=lambda _layer: self.refresh_review())
+        self.clicks = ClickController(self)
+        self._actions = self._connect()
+        self._bound_keys = keys.bind_all(self.viewer, self._actions)
+        self.refresh_images()
+        self.on_polarity(True)
+
+    # --- wiring -------------------------------------------------------------------
+    def _connect(self) -> dict:
+        from napari_lightm._napari import _demo, _segment
+
+        actions = {
+            "segment_image": lambda: self._guard(_segment.start_segment, self, "image"),
+            "segment_slice": lambda: self._guard(_segment.start_segment, self, "slice"),
+            "segment_box": lambda: self._guard(_segment.start_segment, self, "box"),
+            "segment_unreviewed": lambda: self._guard(_segment.start_segment, self, "unreviewed"),
+            "click_mode": self.enter_click_mode,
+            "toggle_polarity": self.clicks.toggle,
+            "mark_reviewed": self.mark_current_reviewed,
+            "finetune": lambda: self._guard(self.finetune.start),
+            "cancel": self.runner.cancel,
+        }
+        buttons = {
+            "segment_image": self.segment_image_button,
+            "segment_slice": self.segment_slice_button,
+            "segment_box": self.segment_box_button,
+            "segment_unreviewed": self.finetune.unreviewed_button,
+            "click_mode": self.click_button,
+            "toggle_polarity": self.polarity_button,
+            "mark_reviewed": self.mark_button,
+            "cancel": self.cancel_button,
+        }
+        for action, button in buttons.items():
+            button.clicked.connect(lambda _checked=False, a=action: actions[a]())
+        self.save_session_button.clicked.connect(self._on_save_session)
+        self.open_session_button.clicked.connect(self._on_open_session)
+        self.demo_button.clicked.connect(lambda: _demo.start_demo(self))
+        self.runner.busy_changed.connect(self._on_busy)
+        self.image_picker.currentIndexChanged.connect(lambda _i: self._on_image_picked())
+        self.review_strip.slice_clicked.connect(self._go_to_slice)
+        self.model.model_changed.connect(lambda _seg: self.refresh_review())
+        events = self.viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self._on_layers_changed)
+        self.viewer.dims.events.current_step.connect(self._on_step)
+        return actions
+
+    def _guard(self, func, *args) -> bool:
+        """Run an action unless a job is running (keys stay live while buttons are off)."""
+        if self.runner.busy:
+            from napari.utils.notifications import show_info
+
+            show_info(
+                f"busy with '{self.runner.name}'; press Cancel [{keys.KEYBINDINGS['cancel'].key}]"
+            )
+            return False
+        return func(*args)
+
+    def _on_busy(self, busy: bool) -> None:
+        for button in (
+            self.segment_image_button,
+            self.segment_slice_button,
+            self.segment_box_button,
+            self.finetune.finetune_button,
+            self.finetune.unreviewed_button,
+            self.demo_button,
+            self.model.new_button,
+            self.model.load_button,
+            self.model.recent_button,
+            self.model.rollback_button,
+            self.open_session_button,
+        ):
+            button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+
+    def _on_layers_changed(self, event=None) -> None:
+        self.refresh_images()
+        layer = getattr(event, "value", None)
+        from napari.layers import Labels
+
+        if isinstance(layer, Labels) and layer.metadata.get("lightm_image"):
+            self.tracker.track(layer)
+
+    def _on_step(self, event=None) -> None:
+        self.refresh_review()
+
+    # --- images -------------------------------------------------------------------
+    def image_layers(self) -> list:
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def refresh_images(self) -> None:
+        current = self.image_picker.currentText()
+        names = [layer.name for layer in self.image_layers()]
+        self.image_picker.blockSignals(True)
+        self.image_picker.clear()
+        self.image_picker.addItems(names)
+        if current in names:
+            self.image_picker.setCurrentText(current)
+        elif names:
+            self.image_picker.setCurrentIndex(len(names) - 1)
+        self.image_picker.blockSignals(False)
+        self._on_image_picked()
+
+    def _on_image_picked(self) -> None:
+        """Offer the picked image's classes and modality for a new model."""
+        image = self.current_image()
+        if image is not None:
+            names = image.metadata.get("class_names")
+            if names:
+                self.model.classes.setText(", ".join(n for n in names if n != "background"))
+            modality = (image.metadata.get("geometry") or {}).get("modality", "")
+            self.model.modality_hint = modality if modality in ("CT", "MR", "XR") else "CT"
+            self.model.dims.setCurrentText("3D" if image.data.ndim == 3 else "2D")
+        self.refresh_review()
+
+    def current_image(self):
+        """The picked Image layer (None when no image is open)."""
+        name = self.image_picker.currentText()
+        for layer in self.image_layers():
+            if layer.name == name:
+                return layer
+        return None
+
+    def set_image(self, layer) -> None:
+        self.image_picker.setCurrentText(layer.name)
+
+    def images_with_labels(self) -> list:
+        """Open images that have a linked Labels layer."""
+        return [layer for layer in self.image_layers() if find_labels(self.viewer, layer)]
+
+    def labels_layer(self, image_layer=None, create: bool = False):
+        """The Labels layer linked to ``image_layer`` (default: picked image)."""
+        image_layer = image_layer or self.current_image()
+        if image_layer is None:
+            return None
+        layer = find_labels(self.viewer, image_layer)
+        if layer is None and create:
+            n = len(self.model.segmenter.class_names) if self.model.segmenter else 256
+            layer = ensure_labels(self.viewer, image_layer, n)
+        if layer is not None:
+            self.tracker.track(layer)
+        return layer
+
+    # --- review -------------------------------------------------------------------
+    def current_slice(self) -> int:
+        from napari_lightm._napari._segment import current_index
+
+        image = self.current_image()
+        if image is None or image.data.ndim != 3:
+            return 0
+        return current_index(self.viewer, image)[0]
+
+    def mark_current_reviewed(self) -> None:
+        """Mark the current slice (whole image in 2D) reviewed, creating labels if needed."""
+        labels = self.labels_layer(create=True)
+        if labels is not None:
+            self.tracker.mark(labels, [self.current_slice()])
+
+    def refresh_review(self) -> None:
+        image = self.current_image()
+        labels = find_labels(self.viewer, image) if image is not None else None
+        if labels is None:
+            self.review_strip.set_state(np.zeros(0, bool))
+            self.review_summary.setText("no labels yet: segment, click or paint")
+            return
+        flags = reviewed_slices(labels)
+        current = self.current_slice()
+        self.review_strip.set_state(flags, current)
+        done = np.flatnonzero(flags).tolist()
+        shown = ", ".join(map(str, done[:12])) + (" …" if len(done) > 12 else "")
+        self.review_summary.setText(
+            f"{len(done)} / {len(flags)} slices reviewed"
+            + (f": {shown}" if done else "")
+            + ("  (current slice reviewed)" if flags[current] else "")
+        )
+
+    def _go_to_slice(self, index: int) -> None:
+        image = self.current_image()
+        if image is None or image.data.ndim != 3:
+            return
+        world = image.data_to_world([index, 0, 0])
+        axis = self.viewer.dims.ndim - 3
+        self.viewer.dims.set_point(axis, float(world[0]))
+
+    # --- clicks -------------------------------------------------------------------
+    def enter_click_mode(self) -> None:
+        image = self.current_image()
+        if image is None:
+            from napari.utils.notifications import show_error
+
+            show_error("open an image first")
+            return
+        self.clicks.ensure_layer(image)
+
+    def on_polarity(self, positive: bool) -> None:
+        self.polarity_label.setText(
+            "<b style='color:#3c3'>positive</b> (adds)"
+            if positive
+            else "<b style='color:#e33'>negative</b> (removes)"
+        )
+
+    # --- sessions -----------------------------------------------------------------
+    def save_session(self, folder: str | Path) -> Path:
+        from napari_lightm._napari import _session
+
+        path = _session.save(self, folder)
+        self.session_dir = Path(folder)
+        return path
+
+    def open_session(self, folder: str | Path) -> list:
+        from napari_lightm._napari import _session
+
+        return _session.open_session(self, folder)
+
+    def autosave(self) -> Path:
+        """Save the session to the open session folder, else ``<home>/sessions/autosave``."""
+        from napari_lightm._napari import _session
+
+        folder = self.session_dir or lightm_home() / "sessions" / "autosave"
+        _session.save(self, folder)
+        return Path(folder)
+
+    def _on_save_session(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Save session into folder", str(self.session_dir or lightm_home())
+        )
+        if folder:
+            self._guard_io(self.save_session, folder)
+
+    def _on_open_session(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Open session folder", str(self.session_dir or lightm_home())
+        )
+        if folder:
+            self._guard_io(self.open_session, folder)
+
+    def _guard_io(self, func, *args):
+        from napari.utils.notifications import show_error
+
+        try:
+            return func(*args)
+        except (ValueError, OSError) as exc:
+            show_error(str(exc))
+            return None
+
+    # --- teardown -----------------------------------------------------------------
+    def closeEvent(self, event) -> None:
+        self.runner.cancel()
+        keys.unbind_all(self.viewer, self._bound_keys)
+        self._bound_keys = []
+        self.tracker.untrack_all()
+        super().closeEvent(event)

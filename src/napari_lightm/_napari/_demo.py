@@ -1,0 +1,152 @@
+"""The demo path: the whole loop on the CT phantom in about a minute on a CPU.
+
+1. use the picked volume when it has reference labels (the CT sample's "ground
+   truth" layer), else add a small CT phantom;
+2. copy the reference onto 3 evenly spaced slices and mark them *reviewed* (as if
+   the user had corrected them);
+3. create a small 2D model (if the current one does not fit) and fine-tune it on
+   those slices with a short time budget;
+4. segment the unreviewed slices.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from napari_lightm._napari._review import ensure_labels, full_region
+
+if TYPE_CHECKING:
+    from napari_lightm._napari._widget import LightMWidget
+
+DEMO_SHAPE = (32, 128, 128)
+DEMO_SECONDS = 40
+DEMO_MODEL = {"init_filters": 8}
+#: the demo model works at this many times the image's in-plane spacing (fewer tokens for
+#: the Mamba layers: 160 x 160 slices become 80 x 80, one window per slice)
+DEMO_ZOOM = 2.0
+N_REVIEWED = 3
+
+
+def demo_slices(n: int, k: int = N_REVIEWED) -> list[int]:
+    """``k`` evenly spaced interior slice indices of ``n`` (all of them when ``n <= k``)."""
+    if n <= k:
+        return list(range(n))
+    return [int(round(x)) for x in np.linspace(0, n - 1, k + 2)[1:-1]]
+
+
+def demo_model_kwargs(image_layer) -> dict:
+    """``Segmenter.new`` arguments for the demo: :data:`DEMO_MODEL`, a spacing of
+    :data:`DEMO_ZOOM` x the image's in-plane spacing and a patch covering one slice."""
+    from napari_lightm._napari._segment import layer_geometry
+
+    spacing = layer_geometry(image_layer).scale[-2:]
+    plane = image_layer.data.shape[-2:]
+    patch = tuple(max(8, int(np.ceil(n / DEMO_ZOOM / 8)) * 8) for n in plane)
+    return {**DEMO_MODEL, "spacing": tuple(DEMO_ZOOM * s for s in spacing), "patch_size": patch}
+
+
+def find_reference(viewer, image_layer) -> np.ndarray | None:
+    """Reference labels for ``image_layer``: a Labels layer of its shape that the sample
+    (or the user) named as reference/ground truth, else None."""
+    from napari.layers import Labels
+
+    for layer in viewer.layers:
+        if not isinstance(layer, Labels) or layer.data.shape != image_layer.data.shape:
+            continue
+        name = layer.name.lower()
+        if layer.metadata.get("lightm_reference") or any(
+            word in name for word in ("reference", "ground truth", "truth", "sample labels")
+        ):
+            return np.asarray(layer.data)
+    return None
+
+
+def add_phantom(widget: LightMWidget):
+    """Add the CT phantom image; returns ``(image_layer, reference_labels, class_names)``."""
+    from napari_lightm.io.phantoms import CT_CLASSES, ct_phantom
+
+    image, labels, geometry = ct_phantom(seed=0, shape=DEMO_SHAPE)
+    layer = widget.viewer.add_image(
+        image,
+        name="CT phantom (demo)",
+        colormap="gray",
+        contrast_limits=(-200, 300),
+        **geometry.layer_kwargs(),
+    )
+    return layer, labels, list(CT_CLASSES)
+
+
+def prepare(widget: LightMWidget):
+    """Steps 1-3 on the main thread; returns the Labels layer that was prepared."""
+    from napari_lightm.io.phantoms import CT_CLASSES
+
+    image_layer = widget.current_image()
+    reference = None
+    if image_layer is not None and image_layer.data.ndim == 3:
+        reference = find_reference(widget.viewer, image_layer)
+    class_names = (
+        list(image_layer.metadata.get("class_names") or CT_CLASSES)
+        if (reference is not None)
+        else list(CT_CLASSES)
+    )
+    if reference is None:
+        image_layer, reference, class_names = add_phantom(widget)
+    widget.set_image(image_layer)
+    seg = widget.model.segmenter
+    if seg is None or list(seg.class_names) != class_names:
+        # a small 2D model at a coarser spacing: what a CPU trains visibly in a minute
+        widget.model.new_model(2, class_names, modality="CT", **demo_model_kwargs(image_layer))
+    labels = ensure_labels(widget.viewer, image_layer, len(class_names))
+    widget.tracker.track(labels)
+    n = reference.shape[0] if reference.ndim == 3 else 1
+    slices = demo_slices(n)
+    where = np.zeros(reference.shape, bool)
+    if reference.ndim == 3:
+        where[slices] = True
+    else:
+        where[:] = True
+    widget.tracker.write(
+        labels,
+        reference.astype(labels.data.dtype),
+        full_region(reference.shape),
+        where=where,
+        protect_reviewed=False,
+    )
+    widget.tracker.mark(labels, slices)
+    return labels
+
+
+def start_demo(widget: LightMWidget) -> bool:
+    """Run the demo: prepare, fine-tune, then segment the unreviewed slices."""
+    from napari.utils.notifications import show_error, show_info
+    from qtpy.QtCore import QTimer
+
+    from napari_lightm._napari._segment import start_segment
+
+    if widget.runner.busy:
+        show_info(f"busy with '{widget.runner.name}'")
+        return False
+    try:
+        prepare(widget)
+    except (ValueError, ImportError, OSError) as exc:
+        show_error(f"demo: {exc}")
+        return False
+    widget.finetune.max_seconds.setValue(DEMO_SECONDS)
+    widget.finetune.max_steps.setValue(0)
+    widget.finetune.lr.setCurrentText("auto")  # the from-scratch rate for the new model
+
+    def _then_segment(busy: bool) -> None:
+        if busy:
+            return
+        widget.runner.busy_changed.disconnect(_then_segment)
+        if widget.runner.last_status == "finished":
+            # after the current signal has reached every slot
+            QTimer.singleShot(0, lambda: start_segment(widget, "unreviewed"))
+
+    if not widget.finetune.start():
+        return False
+    widget.runner.busy_changed.connect(_then_segment)
+    show_info("demo: fine-tuning on 3 reviewed slices, then segmenting the rest")
+    return True

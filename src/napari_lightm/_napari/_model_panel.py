@@ -1,0 +1,345 @@
+"""Model panel: new model, load a checkpoint, recent models, device, version history.
+
+Checkpoints live in a local model folder (``~/.napari-lightm/models``, or the folder
+named by ``NAPARI_LIGHTM_MODELS``). Every fine-tuning run saves a new version there
+(``<name>_v<version>``) and the panel can roll back to any earlier one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+CONFIGS = ("light", "repo")
+_VERSION_RE = re.compile(r"^(?P<name>.+)_v(?P<version>\d+)$")
+
+
+def lightm_home() -> Path:
+    """Root of the plugin's local files (``NAPARI_LIGHTM_HOME`` or ``~/.napari-lightm``)."""
+    return Path(os.environ.get("NAPARI_LIGHTM_HOME", Path.home() / ".napari-lightm"))
+
+
+def models_dir() -> Path:
+    """The local model folder (``NAPARI_LIGHTM_MODELS`` overrides it); created on demand."""
+    path = Path(os.environ.get("NAPARI_LIGHTM_MODELS", lightm_home() / "models"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def recent_models(folder: Path | None = None, limit: int = 20) -> list[Path]:
+    """Checkpoints in the model folder (``.safetensors`` files or folders), newest first."""
+    folder = models_dir() if folder is None else folder
+    found = [
+        p
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and (p.is_dir() or p.suffix == ".safetensors")
+    ]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
+
+
+def split_version(path: Path) -> tuple[str, int | None]:
+    """``liver_v003.safetensors`` -> ``("liver", 3)``; no version -> ``(stem, None)``."""
+    stem = path.name.removesuffix(".safetensors")
+    match = _VERSION_RE.match(stem)
+    if match:
+        return match["name"], int(match["version"])
+    return stem, None
+
+
+def parse_class_names(text: str) -> list[str]:
+    """``"liver, kidney"`` -> ``["background", "liver", "kidney"]`` (background added once)."""
+    names = [n.strip() for n in text.replace(";", ",").split(",") if n.strip()]
+    if not names:
+        raise ValueError("give at least one class name, e.g. 'liver, kidney'")
+    if names[0].lower() != "background":
+        names.insert(0, "background")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class names repeat: {names}")
+    return names
+
+
+class ModelPanel(QGroupBox):
+    """Holds the current :class:`~napari_lightm.engine.Segmenter` and its version history.
+
+    Signals:
+        model_changed(object): the current segmenter (or None) changed.
+    """
+
+    model_changed = Signal(object)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__("Model", parent)
+        self.segmenter = None
+        self.name = ""
+        self.history: list[tuple[int, Path]] = []  # (version, checkpoint path) of this model
+        self.modality_hint = "CT"  # of the picked image; the widget keeps it current
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        layout.addLayout(form)
+
+        self.dims = QComboBox()
+        self.dims.addItems(["3D", "2D"])
+        self.dims.setToolTip("3D: one model over the volume; 2D: slice by slice (faster on CPU)")
+        self.config = QComboBox()
+        self.config.addItems(CONFIGS)
+        self.config.setToolTip("light: f=16 (~1.3M weights); repo: f=32 as the authors' code")
+        row = QHBoxLayout()
+        row.addWidget(self.dims)
+        row.addWidget(self.config)
+        form.addRow("new:", row)
+        self.classes = QLineEdit("liver, kidney")
+        self.classes.setToolTip("class names, comma separated (background is added)")
+        form.addRow("classes:", self.classes)
+
+        buttons = QHBoxLayout()
+        self.new_button = QPushButton("New model")
+        self.load_button = QPushButton("Load…")
+        buttons.addWidget(self.new_button)
+        buttons.addWidget(self.load_button)
+        layout.addLayout(buttons)
+
+        self.recent = QComboBox()
+        self.recent.setToolTip(f"checkpoints in the model folder ({models_dir()})")
+        self.recent_button = QPushButton("Open recent")
+        row = QHBoxLayout()
+        row.addWidget(self.recent, 1)
+        row.addWidget(self.recent_button)
+        layout.addLayout(row)
+
+        self.versions = QComboBox()
+        self.versions.setToolTip("versions saved by fine-tuning; pick one and roll back")
+        self.rollback_button = QPushButton("Roll back")
+        row = QHBoxLayout()
+        row.addWidget(QLabel("version:"))
+        row.addWidget(self.versions, 1)
+        row.addWidget(self.rollback_button)
+        layout.addLayout(row)
+
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.device.setToolTip("auto picks CUDA, then Apple MPS, then CPU")
+        form.addRow("device:", self.device)
+        self.cpu_notice = QLabel(
+            "⚠ Running on CPU: segmentation and fine-tuning are slow. "
+            "A CUDA GPU is used automatically when present."
+        )
+        self.cpu_notice.setWordWrap(True)
+        self.cpu_notice.setStyleSheet("color: #f0b040;")
+        layout.addWidget(self.cpu_notice)
+        self.info = QLabel("no model: create a new one or load a checkpoint")
+        self.info.setWordWrap(True)
+        layout.addWidget(self.info)
+
+        self.new_button.clicked.connect(self._on_new)
+        self.load_button.clicked.connect(self._on_load)
+        self.recent_button.clicked.connect(self._on_recent)
+        self.rollback_button.clicked.connect(self._on_rollback)
+        self.device.currentTextChanged.connect(self._on_device)
+        self.refresh_recent()
+        self._update_device_notice()
+
+    # --- public API ---------------------------------------------------------------
+    def device_choice(self) -> str:
+        return self.device.currentText()
+
+    def resolved_device(self) -> str:
+        """``cuda``/``mps``/``cpu`` the chosen option maps to on this machine."""
+        from napari_lightm.engine import pick_device
+
+        device = pick_device(self.device_choice())
+        return str(getattr(device, "type", device)).split(":")[0]
+
+    def new_model(
+        self,
+        spatial_dims: int,
+        class_names: list[str],
+        modality: str = "CT",
+        config: str = "light",
+        **model_kwargs,
+    ):
+        """Create an untrained segmenter and make it current.
+
+        ``model_kwargs`` go to ``Segmenter.new`` (e.g. ``init_filters=8``, ``patch_size``).
+        """
+        from napari_lightm.engine import Segmenter
+
+        seg = Segmenter.new(
+            spatial_dims,
+            class_names,
+            modality=modality,
+            config=config,
+            device=self.device_choice(),
+            **model_kwargs,
+        )
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.set_segmenter(seg, name=f"{modality.lower()}{spatial_dims}d-{stamp}")
+        return seg
+
+    def load_path(self, path: str | Path):
+        """Load a checkpoint (file or folder) and make it current."""
+        from napari_lightm.engine import Segmenter
+
+        path = Path(path)
+        seg = Segmenter.load(path, device=self.device_choice())
+        name, _ = split_version(path)
+        self.set_segmenter(seg, name=name, path=path)
+        return seg
+
+    def set_segmenter(self, seg, name: str | None = None, path: Path | None = None) -> None:
+        """Make ``seg`` current; a new lineage ``name`` restarts the version history."""
+        if name is not None and name != self.name:
+            self.name = name
+            self.history = []
+        self.segmenter = seg
+        if path is not None and all(v != seg.version for v, _ in self.history):
+            self.history.append((int(seg.version), Path(path)))
+        self._refresh_versions()
+        self._update_info()
+        self._update_device_notice()
+        self.model_changed.emit(seg)
+
+    def save_version(self, seg=None) -> Path:
+        """Save ``seg`` (default: current) into the model folder as ``<name>_v<version>``."""
+        seg = self.segmenter if seg is None else seg
+        if seg is None:
+            raise ValueError("no model to save")
+        path = models_dir() / f"{self.name or 'model'}_v{int(seg.version):03d}.safetensors"
+        saved = Path(seg.save(path) or path)
+        self.history = [(v, p) for v, p in self.history if v != seg.version]
+        self.history.append((int(seg.version), saved))
+        self.history.sort()
+        self._refresh_versions()
+        self.refresh_recent()
+        return saved
+
+    def rollback(self, version: int):
+        """Load the saved checkpoint of ``version`` and make it current."""
+        from napari_lightm.engine import Segmenter
+
+        paths = dict(self.history)
+        if version not in paths:
+            raise ValueError(f"no saved checkpoint for version {version}")
+        seg = Segmenter.load(paths[version], device=self.device_choice())
+        self.set_segmenter(seg)
+        return seg
+
+    def refresh_recent(self) -> None:
+        self.recent.clear()
+        for path in recent_models():
+            self.recent.addItem(path.name, str(path))
+
+    # --- slots --------------------------------------------------------------------
+    def _notify(self, exc: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        show_error(str(exc))
+
+    def _on_new(self) -> None:
+        try:
+            names = parse_class_names(self.classes.text())
+            dims = 3 if self.dims.currentText() == "3D" else 2
+            self.new_model(
+                dims,
+                names,
+                modality=self.modality_hint,
+                config=self.config.currentText(),
+            )
+        except (ValueError, RuntimeError) as exc:
+            self._notify(exc)
+
+    def _on_load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "Load LightM-UNet checkpoint",
+            str(models_dir()),
+            "Checkpoints (*.safetensors *.json);;All files (*)",
+        )
+        if path:
+            self._load_guarded(Path(path))
+
+    def _on_recent(self) -> None:
+        data = self.recent.currentData()
+        if data:
+            self._load_guarded(Path(data))
+
+    def _load_guarded(self, path: Path) -> None:
+        try:
+            self.load_path(path)
+        except (ValueError, OSError, RuntimeError) as exc:
+            self._notify(exc)
+
+    def _on_rollback(self) -> None:
+        version = self.versions.currentData()
+        if version is None:
+            return
+        try:
+            self.rollback(int(version))
+        except (ValueError, OSError, RuntimeError) as exc:
+            self._notify(exc)
+
+    def _on_device(self, _text: str) -> None:
+        self._update_device_notice()
+        seg = self.segmenter
+        if seg is None or str(seg.device).split(":")[0] == self.resolved_device():
+            return
+        try:  # move the current model: through a saved version, so nothing is lost
+            mover = getattr(seg, "to", None)
+            if callable(mover):
+                self.segmenter = mover(self.device_choice()) or seg
+            else:
+                path = self.save_version(seg)
+                self.segmenter = type(seg).load(path, device=self.device_choice())
+            self._update_info()
+            self.model_changed.emit(self.segmenter)
+        except (ValueError, OSError, RuntimeError) as exc:
+            self._notify(exc)
+
+    # --- display ------------------------------------------------------------------
+    def _refresh_versions(self) -> None:
+        self.versions.clear()
+        for version, path in self.history:
+            self.versions.addItem(f"v{version}  ({path.name})", version)
+        if self.history:
+            self.versions.setCurrentIndex(len(self.history) - 1)
+
+    def _update_info(self) -> None:
+        seg = self.segmenter
+        if seg is None:
+            self.info.setText("no model: create a new one or load a checkpoint")
+            return
+        info = seg.info() if callable(getattr(seg, "info", None)) else {}
+        config = info.get("config", "?") if isinstance(info, dict) else "?"
+        if isinstance(config, dict):
+            config = config.get("name", ", ".join(f"{k}={v}" for k, v in config.items()))
+        classes = ", ".join(seg.class_names[1:])
+        self.info.setText(
+            f"<b>{self.name or 'model'}</b> v{seg.version} &middot; {seg.spatial_dims}D "
+            f"&middot; {config}<br>classes: {classes}<br>"
+            f"device: {seg.device} &middot; scan backend: {seg.backend}"
+        )
+
+    def _update_device_notice(self) -> None:
+        try:
+            device = (
+                str(self.segmenter.device) if self.segmenter is not None else self.resolved_device()
+            )
+        except (ImportError, ValueError, RuntimeError):
+            device = "cpu"
+        self.cpu_notice.setVisible(device.split(":")[0] == "cpu")

@@ -1,0 +1,227 @@
+"""Segment: whole image, current slice, a drawn box, or every unreviewed slice.
+
+Each action picks a region (what the model sees, ``infer``) and a sub-region it may
+write (``write``), runs ``Segmenter.iter_predict`` in the widget's worker and, back
+on the main thread, writes the prediction into the image's linked Labels layer as
+one undo step that skips reviewed slices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from napari_lightm._napari._review import ensure_labels, full_region
+
+if TYPE_CHECKING:
+    from napari_lightm._napari._widget import LightMWidget
+
+#: depth of the slab a 3D model sees around one slice (context above and below)
+SLAB_DEPTH = 16
+#: in-plane context added around a drawn box (pixels); only the box is written
+BOX_MARGIN = 16
+
+
+class SegmentInputError(ValueError):
+    """The image, box or model cannot be segmented as asked (message names why)."""
+
+
+@dataclass
+class Job:
+    """One image to segment: the model sees ``infer``; ``write`` (inside it) is written."""
+
+    image_layer: object
+    image: np.ndarray
+    geometry: object
+    infer: tuple[slice, ...]
+    write: tuple[slice, ...]
+
+    def crop(self, prediction: np.ndarray) -> np.ndarray:
+        """Cut the ``write`` region out of a prediction over ``infer``."""
+        rel = tuple(
+            slice(w.start - i.start, w.stop - i.start) for w, i in zip(self.write, self.infer)
+        )
+        return prediction[rel]
+
+
+def layer_geometry(layer):
+    """:class:`Geometry` from ``layer.metadata["geometry"]``, else built from its scale."""
+    from napari_lightm.io.geometry import Geometry
+
+    meta = layer.metadata.get("geometry")
+    if meta:
+        return Geometry.from_dict(meta)
+    ndim = layer.data.ndim
+    return Geometry(
+        spacing=tuple(float(s) for s in layer.scale[::-1][:ndim]),
+        origin=tuple(float(t) for t in layer.translate[::-1][:ndim]),
+    )
+
+
+def image_array(layer) -> np.ndarray:
+    """The grey image of an Image layer as a numpy array; refuses RGB and 4D+."""
+    if getattr(layer, "rgb", False):
+        raise SegmentInputError(f"'{layer.name}' is RGB; LightM-UNet expects a grey image")
+    data = np.asarray(layer.data)
+    if data.ndim not in (2, 3):
+        raise SegmentInputError(f"'{layer.name}' has {data.ndim} dimensions; expected 2D or 3D")
+    return data
+
+
+def check_model(seg, image: np.ndarray, name: str) -> None:
+    if seg is None:
+        raise SegmentInputError("no model: create a new one or load a checkpoint first")
+    if seg.spatial_dims == 3 and image.ndim == 2:
+        raise SegmentInputError(f"a 3D model cannot segment the 2D image '{name}'")
+
+
+def current_index(viewer, layer) -> tuple[int, ...]:
+    """The layer's data index (rounded, clipped) at the viewer's current dims point."""
+    point = layer.world_to_data(viewer.dims.point)
+    shape = layer.data.shape
+    return tuple(
+        int(np.clip(round(float(c)), 0, n - 1)) for c, n in zip(point[-len(shape) :], shape)
+    )
+
+
+def slab(z: int, depth: int, n: int) -> slice:
+    """``depth`` slices centred on ``z``, clipped to ``[0, n)``."""
+    start = max(0, min(z - depth // 2, n - depth))
+    return slice(start, min(n, start + depth))
+
+
+def slice_job(layer, image, geometry, z: int, spatial_dims: int) -> Job:
+    """The current slice ``z``: a 2D model sees that slice, a 3D model a slab around it."""
+    if image.ndim == 2:
+        region = full_region(image.shape)
+        return Job(layer, image, geometry, region, region)
+    write = (slice(z, z + 1), slice(0, image.shape[1]), slice(0, image.shape[2]))
+    infer = write if spatial_dims == 2 else (slab(z, SLAB_DEPTH, image.shape[0]), *write[1:])
+    return Job(layer, image, geometry, infer, write)
+
+
+def box_bounds(shapes_layer, image_layer) -> tuple[slice, ...]:
+    """Bounding box (image data indices) of the last shape drawn in ``shapes_layer``."""
+    if len(shapes_layer.data) == 0:
+        raise SegmentInputError(f"draw a box in the Shapes layer '{shapes_layer.name}' first")
+    vertices = np.asarray(shapes_layer.data[-1], float)
+    corners = np.array([image_layer.world_to_data(shapes_layer.data_to_world(v)) for v in vertices])
+    shape = image_layer.data.shape
+    corners = corners[:, -len(shape) :]
+    # vertices sit on pixel centres: round (not floor/ceil) against float noise
+    lo = np.clip(np.round(corners.min(0)).astype(int), 0, np.array(shape) - 1)
+    hi = np.clip(np.round(corners.max(0)).astype(int) + 1, 1, shape)
+    if np.any(hi - lo < 1) or np.any((hi - lo)[-2:] < 4):
+        raise SegmentInputError("the box is too small (at least 4 x 4 pixels inside the image)")
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def box_job(layer, image, geometry, shapes_layer, spatial_dims: int) -> Job:
+    """A drawn box: the model sees the box plus a margin (and a slab for 3D models)."""
+    write = box_bounds(shapes_layer, layer)
+    infer = []
+    for axis, (s, n) in enumerate(zip(write, image.shape)):
+        if image.ndim == 3 and axis == 0:
+            depth = s.stop - s.start
+            infer.append(
+                slab((s.start + s.stop) // 2, max(depth, SLAB_DEPTH), n) if spatial_dims == 3 else s
+            )
+            if spatial_dims == 3:  # the slab must contain the written slices
+                infer[-1] = slice(min(infer[-1].start, s.start), max(infer[-1].stop, s.stop))
+        else:
+            infer.append(slice(max(0, s.start - BOX_MARGIN), min(n, s.stop + BOX_MARGIN)))
+    return Job(layer, image, geometry, tuple(infer), write)
+
+
+def whole_job(layer, image, geometry) -> Job:
+    region = full_region(image.shape)
+    return Job(layer, image, geometry, region, region)
+
+
+def find_shapes(viewer):
+    """The active Shapes layer, else the top-most one, else None."""
+    from napari.layers import Shapes
+
+    active = viewer.layers.selection.active
+    if isinstance(active, Shapes):
+        return active
+    for layer in reversed(list(viewer.layers)):
+        if isinstance(layer, Shapes):
+            return layer
+    return None
+
+
+def make_jobs(widget: LightMWidget, mode: str) -> list[Job]:
+    """Jobs for ``mode`` in ``{"image", "slice", "box", "unreviewed"}`` (main thread)."""
+    seg = widget.model.segmenter
+    if mode == "unreviewed":
+        layers = widget.images_with_labels() or [widget.current_image()]
+    else:
+        layers = [widget.current_image()]
+    jobs = []
+    for layer in layers:
+        if layer is None:
+            raise SegmentInputError("open an image first")
+        image = image_array(layer)
+        check_model(seg, image, layer.name)
+        geometry = layer_geometry(layer)
+        if mode in ("image", "unreviewed"):
+            jobs.append(whole_job(layer, image, geometry))
+        elif mode == "slice":
+            z = current_index(widget.viewer, layer)[0]
+            jobs.append(slice_job(layer, image, geometry, z, seg.spatial_dims))
+        elif mode == "box":
+            shapes = find_shapes(widget.viewer)
+            if shapes is None:
+                raise SegmentInputError("add a Shapes layer and draw a rectangle first")
+            jobs.append(box_job(layer, image, geometry, shapes, seg.spatial_dims))
+        else:
+            raise ValueError(f"unknown segment mode {mode!r}")
+    return jobs
+
+
+def predict_jobs(seg, jobs: list[Job], cancel):
+    """Generator (worker thread): yields Progress, returns the cropped predictions."""
+    out = []
+    for job in jobs:
+        roi = None if job.infer == full_region(job.image.shape) else job.infer
+        prediction = yield from seg.iter_predict(job.image, job.geometry, roi=roi, cancel=cancel)
+        out.append(job.crop(np.asarray(prediction)))
+    return out
+
+
+def apply_predictions(widget: LightMWidget, jobs: list[Job], predictions) -> int:
+    """Write each prediction into its image's Labels layer (main thread); voxels changed."""
+    seg = widget.model.segmenter
+    n_classes = len(seg.class_names) if seg is not None else 256
+    changed = 0
+    for job, prediction in zip(jobs, predictions):
+        if job.image_layer not in widget.viewer.layers:  # removed while the job ran
+            continue
+        labels = ensure_labels(widget.viewer, job.image_layer, n_classes)
+        widget.tracker.track(labels)
+        changed += widget.tracker.write(labels, prediction, region=job.write)
+        labels.refresh()
+    widget.refresh_review()
+    return changed
+
+
+def start_segment(widget: LightMWidget, mode: str) -> bool:
+    """Gather inputs, start the worker; False (with a notification) on bad input."""
+    from napari.utils.notifications import show_error, show_info
+
+    try:
+        jobs = make_jobs(widget, mode)
+    except ValueError as exc:
+        show_error(str(exc))
+        return False
+    seg = widget.model.segmenter
+
+    def _done(predictions):
+        n = apply_predictions(widget, jobs, predictions)
+        show_info(f"segmentation written ({n} voxels changed; Ctrl+Z undoes it)")
+
+    widget.runner.start(f"segment {mode}", lambda token: predict_jobs(seg, jobs, token), _done)
+    return True
