@@ -53,10 +53,13 @@ class RVMLayer(nn.Module):
         if x.dtype == torch.float16:  # as the released code: half input is lifted to float32
             x = x.float()
         b, c, *spatial = x.shape
-        t = x.reshape(b, c, -1).transpose(1, 2)  # [B, L, C]
-        h = self.mamba(self.norm(t)) + self.skip_scale * t
+        # tokens in C order of the spatial axes; a free view for channels-last input
+        t = torch.movedim(x, 1, -1).reshape(b, -1, c)  # [B, L, C]
+        h = torch.addcmul(self.mamba(self.norm(t)), self.skip_scale, t)  # Mamba(LN(t)) + s * t
         h = self.proj(self.norm(h))
-        return h.transpose(1, 2).reshape(b, self.out_channels, *spatial)
+        # back to [B, Cout, *S] as a channels-last view (true channels-last strides, also
+        # for batch 1, so pooling and GroupNorm take their channels-last kernels)
+        return torch.movedim(h.reshape(b, *spatial, self.out_channels), -1, 1)
 
 
 class ResMambaBlock(nn.Module):

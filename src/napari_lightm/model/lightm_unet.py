@@ -126,7 +126,14 @@ class LightMUNet(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, out_channels, *S]`` for ``x [B, in_channels, *S]``."""
         self.check_input(x)
+        if x.device.type == "cpu":
+            # channels-last memory (same values): the RVM layers' token view [B, L, C] is
+            # then free, and CPU GroupNorm, pooling, convs and upsampling have kernels for
+            # it (GPU layouts are left to the CUDA path, model/cuda_fast.py)
+            fmt = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
+            x = x.contiguous(memory_format=fmt)
         x = self.stem(x)
         skips = []
         for stage in self.down_stages:
@@ -135,7 +142,7 @@ class LightMUNet(nn.Module):
         skips = skips[-2::-1]  # encoder outputs of each decoder scale, deepest first
         for up, stage, skip in zip(self.up_samples, self.up_stages, skips):
             x = stage(up(x) + skip)
-        return self.head(x)
+        return self.head(x).contiguous()
 
 
 __all__ = ["CONFIGS", "LightMUNet", "RVMLayer"]

@@ -92,11 +92,34 @@ class Mamba(nn.Module):
             out = out + xp[:, j : j + length] * w[:, j]
         return out + self.conv1d.bias
 
+    def _fused_conv_available(self, x: torch.Tensor) -> bool:
+        """True for CPU float32 inference with the numba backend: one-pass conv + SiLU."""
+        return (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.d_conv <= 4
+            and not (
+                torch.is_grad_enabled() and (x.requires_grad or self.conv1d.weight.requires_grad)
+            )
+            and self.backend == "cpu"
+        )
+
+    def conv_silu(self, x: torch.Tensor) -> torch.Tensor:
+        """``SiLU(causal_conv(x))``, ``[B, L, E] -> [B, L, E]``."""
+        if self._fused_conv_available(x):
+            from napari_lightm.model.scan.cpu_numba import causal_conv1d_silu_cpu
+
+            return causal_conv1d_silu_cpu(x, self.conv1d.weight, self.conv1d.bias)
+        return F.silu(self.causal_conv(x))
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """``u [B, L, d_model] -> [B, L, d_model]``."""
         e, n, r = self.d_inner, self.d_state, self.dt_rank
-        x, z = self.in_proj(u).split(e, dim=-1)
-        x = F.silu(self.causal_conv(x))
+        # in_proj as two products (same weights, same result as splitting one): x and z
+        # come out contiguous, which the conv and the scan read at full speed
+        w_x, w_z = self.in_proj.weight.split(e, dim=0)
+        x = self.conv_silu(F.linear(u, w_x))
+        z = F.linear(u, w_z)
         dt, b, c = self.x_proj(x).split([r, n, n], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)  # bias + softplus happen inside the scan
         a = -torch.exp(self.A_log.float())
