@@ -6,6 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton kernels can only run in Triton's interpreter; it must be chosen
+# before the first `import triton` of the session (torch imports it lazily, e.g. with the
+# first optimizer), so the Triton scan's CPU tests run in the full suite too.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIGHTM_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -31,8 +38,6 @@ def jsrt(shared_data: Path):
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
-
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
