@@ -1,5 +1,5 @@
-"""Shared by every benchmark: print a table and append it to benchmarks/RESULTS.md
-with the date, the machine and the commit."""
+"""Shared by every benchmark: time a call, print a table and append it to
+benchmarks/RESULTS.md with the date, the machine and the commit."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import datetime as _dt
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -41,6 +42,21 @@ def commit() -> str:
         return out + ("+dirty" if dirty else "")
     except Exception:
         return os.environ.get("LIGHTM_COMMIT", "unknown")
+
+
+def timed(fn, repeats: int, warm_up: bool = True) -> tuple[float, float]:
+    """Best wall time of ``repeats`` calls and the process CPU time of that call, in seconds.
+
+    CPU time (all threads) is the steadier number on a machine shared with other work.
+    """
+    if warm_up:  # compilation, caches, thread pools
+        fn()
+    best = (float("inf"), float("inf"))
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        best = min(best, (time.perf_counter() - t0, time.process_time() - c0))
+    return best
 
 
 def table(headers: list[str], rows: list[list]) -> str:

@@ -17,7 +17,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks._results when run as a script
 
-from benchmarks._results import record  # noqa: E402
+from benchmarks._results import record, timed  # noqa: E402
 from napari_lightm.model import LightMUNet  # noqa: E402
 
 CASES = [(2, (512, 512)), (3, (64, 128, 128))]
@@ -34,21 +33,6 @@ CONFIG_NAMES = ("light", "repo")
 # the sequential reference steps through every token in Python: ~35 us per token and
 # mixer on 2 cores, so only inputs up to this many voxels finish within ~a minute
 REFERENCE_MAX_VOXELS = 128 * 128
-
-
-def timed(fn, repeats: int, warm_up: bool = True) -> tuple[float, float]:
-    """Best wall time of ``repeats`` calls and the process CPU time of that call, in seconds.
-
-    CPU time (all threads) is the steadier number on a machine shared with other work.
-    """
-    if warm_up:  # compilation, caches, thread pools
-        fn()
-    best = (float("inf"), float("inf"))
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        best = min(best, (time.perf_counter() - t0, time.process_time() - c0))
-    return best
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks._results when run as a script
 
-from benchmarks._results import record  # noqa: E402
+from benchmarks._results import record, timed  # noqa: E402
 from napari_lightm.model.scan import BACKENDS, available_backends  # noqa: E402
 
 # (E, L), batch 1: the issue's four shapes, then a short one where the reference's
@@ -50,21 +49,6 @@ def scan_inputs(e: int, length: int, seed: int = 0) -> list[torch.Tensor]:
     z = torch.randn(1, length, e, generator=g)
     bias = torch.rand(e, generator=g)
     return [u, delta, a, b, c, d, z, bias]
-
-
-def timed(fn, repeats: int, warm_up: bool = True) -> tuple[float, float]:
-    """Best wall time of ``repeats`` calls and the process CPU time of that call, in seconds.
-
-    CPU time (all threads) is the steadier number on a machine shared with other work.
-    """
-    if warm_up:  # compilation, caches, thread pools
-        fn()
-    best = (float("inf"), float("inf"))
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        best = min(best, (time.perf_counter() - t0, time.process_time() - c0))
-    return best
 
 
 def forward(backend: str, inputs: list[torch.Tensor]):
