@@ -87,36 +87,6 @@ def _int32_as_float32(typingctx, bits):
     return types.float32(bits), codegen
 
 
-@intrinsic
-def _stack_empty(typingctx, size, like):
-    """An uninitialised 1-d array of ``size`` (a literal int) elements of ``like``'s type, on
-    the stack of the calling function.
-
-    LLVM knows a stack slot aliases no other array, so loops that touch only such scratch
-    vectorise without runtime overlap checks, and ones with constant indices become registers.
-    Its lifetime is the caller's frame: never return it or keep a view of it.
-    """
-    if not isinstance(size, types.IntegerLiteral) or not isinstance(like, types.Float):
-        return None
-    count = size.literal_value
-    array_t = types.Array(like, 1, "C")
-
-    def codegen(context, builder, signature, args):
-        elem = context.get_data_type(like)
-        with builder.goto_entry_block():  # allocated once per call, not per loop iteration
-            slot = builder.alloca(ir.ArrayType(elem, count))
-            slot.align = 64
-        data = builder.bitcast(slot, elem.as_pointer())
-        array = context.make_array(array_t)(context, builder)
-        itemsize = context.get_abi_sizeof(elem)
-        intp = context.get_value_type(types.intp)
-        context.populate_array(array, data=data, shape=[intp(count)], strides=[intp(itemsize)],
-                               itemsize=intp(itemsize), meminfo=None)
-        return array._getvalue()
-
-    return array_t(size, like), codegen
-
-
 def _exp(x):
     """``exp(x)``; float32: the vectorisable polynomial, float64: ``math.exp``."""
     raise NotImplementedError  # only callable from numba code
@@ -238,13 +208,15 @@ def _forward_tasks(lo, hi, u, delta, a_t, b_in, c_in, d_skip, z, bias, softplus,
 
 
 @njit(nogil=True, **_JIT)
-def _backward_tasks_generic(lo, hi, u, delta, a_t, b_in, c_in, d_skip, z, bias, softplus, has_z,
-                            chunk, h_store, dy, du_out, ddelta_out, dz_out, db_part, dc_part,
-                            da_part, dd_part, dbias_part):
-    """Tasks ``lo..hi-1`` of the backward scan, any number of states (as :func:`_backward_tasks`).
+def _backward_tasks(lo, hi, u, delta, a_t, b_in, c_in, d_skip, z, bias, softplus, has_z, chunk,
+                    h_store, dy, du_out, ddelta_out, dz_out, db_part, dc_part, da_part, dd_part,
+                    dbias_part):
+    """Run tasks ``lo..hi-1`` of the backward scan (inputs as :func:`_forward_tasks`).
 
-    Heap scratch only: LLVM cannot rule out overlaps and leaves most of it scalar;
-    :func:`_backward_tasks` is the fast kernel for up to ``MAX_FAST_STATES`` states.
+    Outputs: ``du_out, ddelta_out, dz_out [Bt, L, K, BLOCK]`` (``ddelta`` w.r.t. the
+    delta before bias and softplus); per channel block partial sums ``db_part,
+    dc_part [K, Bt, L, N]``; per batch row ``da_part [Bt, N, K, BLOCK]``,
+    ``dd_part, dbias_part [Bt, K, BLOCK]``.
     """
     length = u.shape[1]
     n_blocks = u.shape[2]
@@ -347,213 +319,6 @@ def _backward_tasks_generic(lo, hi, u, delta, a_t, b_in, c_in, d_skip, z, bias, 
         da_part[b, :, k, :] = da_sum
         dd_part[b, k] = dd_sum
         dbias_part[b, k] = dbias_sum
-
-
-MAX_FAST_STATES = 64  # states the fast backward keeps in stack scratch; more: the generic one
-_STACK_STATE = MAX_FAST_STATES * BLOCK
-
-
-@njit(nogil=True, **_JIT)
-def _backward_tasks(lo, hi, u, delta, a_t, b_in, c_in, d_skip, z, bias, softplus, has_z, chunk,
-                    h_store, dy, du_out, ddelta_out, dz_out, db_part, dc_part, da_part, dd_part,
-                    dbias_part):
-    """Run tasks ``lo..hi-1`` of the backward scan (inputs as :func:`_forward_tasks`).
-
-    Outputs: ``du_out, ddelta_out, dz_out [Bt, L, K, BLOCK]`` (``ddelta`` w.r.t. the
-    delta before bias and softplus); per channel block partial sums ``db_part,
-    dc_part [K, Bt, L, N]``; per batch row ``da_part [Bt, N, K, BLOCK]``,
-    ``dd_part, dbias_part [Bt, K, BLOCK]``. At most ``MAX_FAST_STATES`` states.
-
-    Vectorisation: the per-element work touches only stack scratch (:func:`_stack_empty`,
-    which LLVM knows aliases nothing); the arrays passed in and the per-chunk heap buffers
-    are read into scratch before and written from it after, in separate loops, so no
-    heap store stands between loads that LLVM wants to merge into vectors. Scratch is
-    flat, ``[n * BLOCK + i]`` for state ``n`` and channel ``i`` of the block.
-
-    Per chunk, last to first: (1) recompute the states from the stored one, keeping the
-    decays ``exp(dt A)`` and states in heap buffers ``[chunk (+ 1), N, BLOCK]``, and the
-    per-token terms that do not depend on the adjoint (step sizes, softplus slopes, the
-    gate's gradient); (2) run the adjoint recurrence backwards, with every gradient of
-    the token formed in the same pass over its states.
-    """
-    length = u.shape[1]
-    n_blocks = u.shape[2]
-    n_state = a_t.shape[0]
-    n_chunks = h_store.shape[1]
-    dtype = u.dtype
-    zero = np.zeros(1, dtype)[0]
-    one = zero + 1
-    ns = n_state * BLOCK  # one token's states
-    # heap buffers of a chunk: states (hs[j + 1]: after token j), decays, per-token vectors
-    hs_buf = np.empty((chunk + 1, ns), dtype)
-    decay_buf = np.empty((chunk, n_state, BLOCK), dtype)
-    tok_buf = np.empty((chunk, 3, BLOCK), dtype)  # per token: dt, dys, d softplus
-    # stack scratch
-    a_blk = _stack_empty(_STACK_STATE, zero)
-    h = _stack_empty(_STACK_STATE, zero)
-    dh = _stack_empty(_STACK_STATE, zero)  # adjoint state, already times the next decay
-    da_sum = _stack_empty(_STACK_STATE, zero)
-    da_chunk = _stack_empty(_STACK_STATE, zero)  # per-chunk sums keep float32 sums short
-    d_blk = _stack_empty(BLOCK, zero)
-    bias_blk = _stack_empty(BLOCK, zero)
-    dd_sum = _stack_empty(BLOCK, zero)
-    dbias_sum = _stack_empty(BLOCK, zero)
-    dd_chunk = _stack_empty(BLOCK, zero)
-    dbias_chunk = _stack_empty(BLOCK, zero)
-    dt = _stack_empty(BLOCK, zero)
-    uv = _stack_empty(BLOCK, zero)
-    dtu = _stack_empty(BLOCK, zero)
-    slope = _stack_empty(BLOCK, zero)
-    acc = _stack_empty(BLOCK, zero)
-    zv = _stack_empty(BLOCK, zero)
-    gv = _stack_empty(BLOCK, zero)
-    dzv = _stack_empty(BLOCK, zero)
-    dys = _stack_empty(BLOCK, zero)
-    av = _stack_empty(BLOCK, zero)
-    h0 = _stack_empty(BLOCK, zero)
-    h1 = _stack_empty(BLOCK, zero)  # also the state being stored during the recompute
-    w = _stack_empty(BLOCK, zero)  # sum_n dh_n B_n
-    gq = _stack_empty(BLOCK, zero)  # sum_n dh_n a_n h_n A_n
-    g_u = _stack_empty(BLOCK, zero)
-    g_dt = _stack_empty(BLOCK, zero)
-    for task in range(lo, hi):
-        b = task // n_blocks
-        k = task % n_blocks
-        for n in range(n_state):
-            for i in range(BLOCK):
-                a_blk[n * BLOCK + i] = a_t[n, k, i]
-        for x in range(ns):
-            dh[x] = zero
-            da_sum[x] = zero
-        for i in range(BLOCK):
-            d_blk[i] = d_skip[k, i]
-            bias_blk[i] = bias[k, i]
-            dd_sum[i] = zero
-            dbias_sum[i] = zero
-        for c in range(n_chunks - 1, -1, -1):
-            t0 = c * chunk
-            t1 = min(length, t0 + chunk)
-            for n in range(n_state):
-                for i in range(BLOCK):
-                    h[n * BLOCK + i] = h_store[b, c, n, k, i]
-            for x in range(ns):
-                hs_buf[0, x] = h[x]
-            for i in range(BLOCK):
-                dd_chunk[i] = zero
-            # (1) recompute this chunk's decays and states, first token first
-            for j in range(t1 - t0):
-                t = t0 + j
-                for i in range(BLOCK):
-                    dt[i] = delta[b, t, k, i]
-                    uv[i] = u[b, t, k, i]
-                if softplus:  # d softplus(x) / dx = sigmoid(x)
-                    for i in range(BLOCK):
-                        x = dt[i] + bias_blk[i]
-                        slope[i] = _sigmoid(x)
-                        dt[i] = _softplus(x)
-                else:
-                    for i in range(BLOCK):
-                        slope[i] = one
-                        dt[i] += bias_blk[i]
-                for i in range(BLOCK):
-                    dtu[i] = dt[i] * uv[i]
-                    acc[i] = zero
-                for n in range(n_state):
-                    bn = b_in[b, t, n]
-                    cn = c_in[b, t, n]
-                    o = n * BLOCK
-                    for i in range(BLOCK):
-                        a = _exp(dt[i] * a_blk[o + i])
-                        hv = a * h[o + i] + dtu[i] * bn
-                        h[o + i] = hv
-                        acc[i] += cn * hv
-                        av[i] = a
-                        h1[i] = hv
-                    for i in range(BLOCK):
-                        decay_buf[j, n, i] = av[i]
-                    for i in range(BLOCK):
-                        hs_buf[j + 1, o + i] = h1[i]
-                # the output gate's gradient and dL/dy_ssm, which the adjoint does not change
-                if has_z:
-                    for i in range(BLOCK):
-                        zv[i] = z[b, t, k, i]
-                        gv[i] = dy[b, t, k, i]
-                    for i in range(BLOCK):
-                        zz = zv[i]
-                        sg = _sigmoid(zz)
-                        y_pre = acc[i] + d_blk[i] * uv[i]
-                        dzv[i] = gv[i] * y_pre * sg * (_ONE + zz * (_ONE - sg))
-                        dys[i] = gv[i] * zz * sg
-                    for i in range(BLOCK):
-                        dz_out[b, t, k, i] = dzv[i]
-                else:
-                    for i in range(BLOCK):
-                        dys[i] = dy[b, t, k, i]
-                for i in range(BLOCK):
-                    dd_chunk[i] += dys[i] * uv[i]
-                for i in range(BLOCK):
-                    tok_buf[j, 0, i] = dt[i]
-                for i in range(BLOCK):
-                    tok_buf[j, 1, i] = dys[i]
-                for i in range(BLOCK):
-                    tok_buf[j, 2, i] = slope[i]
-            # (2) adjoint recurrence, last token first
-            for x in range(ns):
-                da_chunk[x] = zero
-            for i in range(BLOCK):
-                dbias_chunk[i] = zero
-            for j in range(t1 - t0 - 1, -1, -1):
-                t = t0 + j
-                for i in range(BLOCK):
-                    dt[i] = tok_buf[j, 0, i]
-                    dys[i] = tok_buf[j, 1, i]
-                    slope[i] = tok_buf[j, 2, i]
-                    uv[i] = u[b, t, k, i]
-                for i in range(BLOCK):
-                    dtu[i] = dt[i] * uv[i]
-                    w[i] = zero
-                    gq[i] = zero
-                for n in range(n_state):
-                    bn = b_in[b, t, n]
-                    cn = c_in[b, t, n]
-                    o = n * BLOCK
-                    for i in range(BLOCK):
-                        av[i] = decay_buf[j, n, i]
-                        h0[i] = hs_buf[j, o + i]
-                        h1[i] = hs_buf[j + 1, o + i]
-                    s_b = zero
-                    s_c = zero
-                    for i in range(BLOCK):
-                        dhv = dh[o + i] + dys[i] * cn
-                        s_c += dys[i] * h1[i]
-                        s_b += dhv * dtu[i]
-                        w[i] += dhv * bn
-                        q = dhv * av[i] * h0[i]
-                        gq[i] += q * a_blk[o + i]
-                        da_chunk[o + i] += q * dt[i]
-                        dh[o + i] = dhv * av[i]
-                    db_part[k, b, t, n] = s_b
-                    dc_part[k, b, t, n] = s_c
-                for i in range(BLOCK):
-                    gd = (gq[i] + uv[i] * w[i]) * slope[i]
-                    g_dt[i] = gd
-                    dbias_chunk[i] += gd
-                    g_u[i] = dys[i] * d_blk[i] + dt[i] * w[i]
-                for i in range(BLOCK):
-                    ddelta_out[b, t, k, i] = g_dt[i]
-                for i in range(BLOCK):
-                    du_out[b, t, k, i] = g_u[i]
-            for x in range(ns):
-                da_sum[x] += da_chunk[x]
-            for i in range(BLOCK):
-                dd_sum[i] += dd_chunk[i]
-                dbias_sum[i] += dbias_chunk[i]
-        for n in range(n_state):
-            for i in range(BLOCK):
-                da_part[b, n, k, i] = da_sum[n * BLOCK + i]
-        for i in range(BLOCK):
-            dd_part[b, k, i] = dd_sum[i]
-            dbias_part[b, k, i] = dbias_sum[i]
 
 
 CONV_WIDTH = 4  # the fused conv kernel's taps (mamba's d_conv); narrower weights are zero-padded
@@ -669,9 +434,8 @@ class _SelectiveScanCPU(torch.autograd.Function):
         dd_part = u.new_empty(bt, e)
         dbias_part = u.new_empty(bt, e)
         z_arr = z if z is not None else u.new_empty(0, 0, BLOCK)
-        kernel = _backward_tasks if n <= MAX_FAST_STATES else _backward_tasks_generic
         _run_tasks(
-            kernel, bt * n_blocks,
+            _backward_tasks, bt * n_blocks,
             _blocks(u), _blocks(delta), _blocks(a_t), B.detach().numpy(), C.detach().numpy(),
             _blocks(D), _blocks(z_arr), _blocks(delta_bias), ctx.softplus, z is not None,
             ctx.chunk, _blocks(h_store), _blocks(dy), _blocks(du), _blocks(ddelta), _blocks(dz),
