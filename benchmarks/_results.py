@@ -7,6 +7,7 @@ import datetime as _dt
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,9 +70,24 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def load_note() -> str:
+    """The load average, for notes of CPU benchmarks run on shared cores."""
+    load = os.getloadavg()
+    return (
+        f"load average at the end {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} "
+        "(other work shares these cores)"
+    )
+
+
 def record(title: str, headers: list[str], rows: list[list], notes: str = "",
-           path: Path | None = None) -> str:
-    """Print the table and append a dated section to RESULTS.md; return the text."""
+           path: Path | None = None, quick: bool = False) -> str:
+    """Print the table and append a dated section to RESULTS.md; return the text.
+
+    ``quick`` (a smoke run) prints the table but keeps it out of RESULTS.md.
+    """
+    if quick:
+        title += " (quick)"
+        path = Path(tempfile.gettempdir()) / "lightm_quick_results.md"
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     text = (
         f"\n## {title}\n\n{stamp} · {machine()} · commit {commit()}\n\n"

@@ -14,9 +14,7 @@ Records the table in ``benchmarks/RESULTS.md`` through ``benchmarks/_results.py:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,7 +22,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks._results when run as a script
 
-from benchmarks._results import record, timed  # noqa: E402
+from benchmarks._results import load_note, record, timed  # noqa: E402
 from napari_lightm.model import LightMUNet  # noqa: E402
 
 CASES = [(2, (512, 512)), (3, (64, 128, 128))]
@@ -70,21 +68,17 @@ def main(argv: list[str] | None = None) -> None:
                     f"{wall:.3f}", f"{cpu:.2f}", f"{base[0] / wall:.1f}x" if base else "",
                 ])
 
-    load = os.getloadavg()
-    # a smoke run prints its table but keeps it out of RESULTS.md
-    target = Path(tempfile.gettempdir()) / "lightm_quick_results.md" if args.quick else None
     record(
-        "LightM-UNet inference on CPU" + (" (quick)" if args.quick else ""),
+        "LightM-UNet inference on CPU",
         ["input", "config", "scan backend", "wall s", "CPU s (all threads)",
          "speed-up vs torch backend (wall)"],
         rows,
         notes=(
             f"cpu backend: best of {args.repeats} after a warm-up; torch and reference "
             f"backends: one call. float32, inference_mode; torch threads: "
-            f"{torch.get_num_threads()}; load average at the end {load[0]:.2f}, {load[1]:.2f}, "
-            f"{load[2]:.2f} (other work shares these cores)."
+            f"{torch.get_num_threads()}; {load_note()}."
         ),
-        path=target,
+        quick=args.quick,
     )
 
 

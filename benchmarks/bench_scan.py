@@ -14,9 +14,7 @@ Records the table in ``benchmarks/RESULTS.md`` through ``benchmarks/_results.py:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,7 +22,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks._results when run as a script
 
-from benchmarks._results import record, timed  # noqa: E402
+from benchmarks._results import load_note, record, timed  # noqa: E402
 from napari_lightm.model.scan import BACKENDS, available_backends  # noqa: E402
 
 # (E, L), batch 1: the four shapes, then a short one where the reference's
@@ -102,21 +100,17 @@ def main(argv: list[str] | None = None) -> None:
             add(shape, "cpu", "forward+backward", t,
                 f"{t_ref[0] / t[0]:.1f}x vs reference forward")
 
-    load = os.getloadavg()
-    # a smoke run prints its table but keeps it out of RESULTS.md
-    target = Path(tempfile.gettempdir()) / "lightm_quick_results.md" if args.quick else None
     record(
-        "Selective scan on CPU" + (" (quick)" if args.quick else ""),
+        "Selective scan on CPU",
         ["shape (batch 1, N=16)", "backend", "pass", "wall ms", "CPU ms (all threads)",
          "speed-up vs reference (wall)"],
         rows,
         notes=(
             f"Best of {args.repeats} (reference: 1 call) after a warm-up; torch threads: "
-            f"{torch.get_num_threads()}; load average at the end {load[0]:.2f}, {load[1]:.2f}, "
-            f"{load[2]:.2f} (other work shares these cores). Reference = sequential float32 "
+            f"{torch.get_num_threads()}; {load_note()}. Reference = sequential float32 "
             "scan vectorised over batch/channels/states, one step per token."
         ),
-        path=target,
+        quick=args.quick,
     )
 
 
