@@ -37,6 +37,38 @@ def jsrt(shared_data: Path):
     return dict(np.load(path))
 
 
+@pytest.fixture(scope="module")
+def interpreted_module(request):
+    """A private copy of the Triton kernel module at the test module's ``INTERPRETED_SOURCE``
+    (a path below the repository root), its kernels running in Triton's interpreter.
+
+    Skips with CUDA present (the switch is process-wide; tests marked gpu check the compiled
+    kernels there) and when triton was imported earlier without ``TRITON_INTERPRET=1``.
+    """
+    import importlib.util
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the gpu-marked tests check the compiled kernels")
+    mp = pytest.MonkeyPatch()
+    # read when triton.language and the module's kernels are decorated, so before the
+    # first `import triton` of this session
+    mp.setenv("TRITON_INTERPRET", "1")
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(tl.standard.sum, InterpretedFunction):
+        mp.undo()
+        pytest.skip("triton was imported earlier in this session without TRITON_INTERPRET=1; "
+                    "run this file on its own")
+    source = REPO / request.module.INTERPRETED_SOURCE
+    name = "_interpreted_" + source.stem
+    spec = importlib.util.spec_from_file_location(name, source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    mp.undo()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

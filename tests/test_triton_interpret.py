@@ -7,7 +7,6 @@ compiled on CUDA in ``test_scan_gpu.py``.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,29 +16,15 @@ from napari_lightm.model.scan.reference import selective_scan_reference
 if importlib.util.find_spec("triton") is None:
     pytest.skip("Triton is not installed", allow_module_level=True)
 
-SOURCE = Path(__file__).resolve().parents[1] / "src/napari_lightm/model/scan/triton_scan.py"
+# the kernels the interpreted_module fixture (conftest.py) loads
+INTERPRETED_SOURCE = "src/napari_lightm/model/scan/triton_scan.py"
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
 @pytest.fixture(scope="module")
-def ts():
+def ts(interpreted_module):
     """A private copy of ``triton_scan`` whose kernels run in Triton's interpreter."""
-    mp = pytest.MonkeyPatch()
-    # read when triton.language and the module's kernels are decorated, so before the
-    # first `import triton` of this session
-    mp.setenv("TRITON_INTERPRET", "1")
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if not isinstance(tl.standard.sum, InterpretedFunction):
-        mp.undo()
-        pytest.skip("triton was imported earlier in this session without TRITON_INTERPRET=1; "
-                    "run this file on its own")
-    spec = importlib.util.spec_from_file_location("_triton_scan_interpreted", SOURCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    mp.undo()
+    return interpreted_module
 
 
 @pytest.fixture(autouse=True)
@@ -113,6 +98,155 @@ def test_channel_groups_of_the_backward_kernel(ts, monkeypatch, min_programs):
     _, _, grads = run_both(ts, inputs(bt=1, e=9, seed=8), softplus=True)
     for name, (g, g64) in grads.items():
         assert rel(g, g64) < 1e-4, name
+
+
+def force_super_chunks(ts, monkeypatch, fwd_sub, bwd_sub):
+    """Exactly ``fwd_sub`` / ``bwd_sub`` chunks per super-chunk, carry blocks of 2 summaries."""
+    monkeypatch.setattr(ts, "_sub_chunks", lambda chunks, others, min_programs, max_sub: max_sub)
+    monkeypatch.setattr(ts, "FWD_MAX_SUB", fwd_sub)
+    monkeypatch.setattr(ts, "BWD_MAX_SUB", bwd_sub)
+    monkeypatch.setattr(ts, "CARRY_BLOCK_K", 2)  # the super-chunk summaries span carry blocks
+
+
+@pytest.mark.parametrize(
+    ("fwd_sub", "bwd_sub", "harsh", "flip"),
+    [(2, 3, False, False), (4, 4, False, False), (5, 2, True, False), (8, 7, False, True)],
+    ids=["full 2|3", "partial 4|4", "harsh, partial 5|2", "one super-chunk, flip"],
+)
+def test_super_chunks_match_float64_reference(ts, monkeypatch, fwd_sub, bwd_sub, harsh, flip):
+    """chunk=4 and L=21: K=6 chunks walked by super-chunks of 2..8 (full, partial, one)."""
+    force_super_chunks(ts, monkeypatch, fwd_sub, bwd_sub)
+    if flip:
+        monkeypatch.setattr(ts, "_flip_mode", lambda device: True)
+    args = inputs(harsh=harsh, seed=10 + fwd_sub)
+    y, y64, grads = run_both(ts, args, softplus=True, chunk=4)
+    assert rel(y, y64) < 1e-5
+    assert set(grads) == set(NAMES)
+    for name, (g, g64) in grads.items():
+        assert g.shape == g64.shape, name
+        assert rel(g, g64) < 1e-4, name
+
+
+@pytest.mark.parametrize("min_programs", [1, 6], ids=["1 group of 5 blocks", "3 groups of 2"])
+def test_super_chunks_with_channel_groups(ts, monkeypatch, min_programs):
+    """Several channel blocks per program hand mu and the dA/dD sums over their own slots."""
+    force_super_chunks(ts, monkeypatch, 3, 4)  # backward: K=6 -> super-chunks of 4 + 2
+    monkeypatch.setattr(ts, "BWD_MIN_PROGRAMS", min_programs)  # E=9: 5 blocks of 2 channels
+    _, _, grads = run_both(ts, inputs(bt=1, e=9, seed=11), softplus=True, chunk=4)
+    for name, (g, g64) in grads.items():
+        assert rel(g, g64) < 1e-4, name
+
+
+def test_super_chunk_inference_stores_no_states(ts, monkeypatch):
+    """Without grad the forward skips the per-chunk states but gives the same ``y``."""
+    force_super_chunks(ts, monkeypatch, 4, 4)
+    stored = []
+    original = ts._forward
+    monkeypatch.setattr(ts, "_forward", lambda *a, **k: stored.append(original(*a, **k)) or
+                        stored[-1])
+    args = inputs(seed=12)
+    with torch.no_grad():
+        y_inf = ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True,
+                                         chunk=4)
+    leaves = [t.clone().requires_grad_() for t in args]
+    y = ts.selective_scan_triton(*leaves[:7], delta_bias=leaves[7], delta_softplus=True,
+                                 chunk=4)
+    assert stored[0][1] is None
+    assert stored[1][1].shape == (2, 6, 3, 4)  # [Bt, K, E, N]: every chunk's end state
+    torch.testing.assert_close(y_inf, y.detach(), rtol=0, atol=0)
+
+
+def test_super_chunks_bfloat16(ts, monkeypatch):
+    force_super_chunks(ts, monkeypatch, 3, 3)
+    args = inputs(dtype=torch.bfloat16, seed=13)
+    y = ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True, chunk=4)
+    ref = selective_scan_reference(*[t.double() for t in args[:7]], delta_bias=args[7].double(),
+                                   delta_softplus=True)
+    assert y.dtype == torch.bfloat16
+    assert rel(y.float(), ref) < 1e-2  # only the output rounding to bfloat16
+
+
+@pytest.mark.parametrize(
+    ("chunks", "others", "min_programs", "max_sub", "want"),
+    [(65536, 8, 8192, 64, 64), (65536, 8, 8192, 16, 16), (65536, 1, 8192, 64, 8),
+     (100, 8, 8192, 64, 1), (3000, 8, 8192, 64, 2), (65536, 8, 8192, 1, 1)],
+)
+def test_sub_chunk_policy(ts, chunks, others, min_programs, max_sub, want):
+    """As many chunks per program as keep ``min_programs`` programs, within 1..max_sub."""
+    assert ts._sub_chunks(chunks, others, min_programs, max_sub) == want
+
+
+def fused_dt_inputs(rank, full=True, bt=2, length=21, e=3, n=4, seed=20):
+    """Leaves for the fused-dt entry: ``dt, B, C`` are column views of one x_proj output."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    u, z, xp = r(bt, length, e), r(bt, length, e), r(bt, length, rank + 2 * n)
+    w = r(e, rank) * 0.7
+    a = -torch.rand(e, n, generator=g) * 3 - 0.05
+    d, bias = (r(e), r(e)) if full else (None, None)
+    return dict(u=u, xp=xp, w=w, A=a, D=d, z=z if full else None, delta_bias=bias)
+
+
+def run_fused(fn, leaves, rank, n, softplus):
+    dt, b, c = leaves["xp"].split([rank, n, n], dim=-1)
+    return fn(leaves["u"], dt, leaves["w"], leaves["A"], b, c, leaves["D"], leaves["z"],
+              leaves["delta_bias"], softplus)
+
+
+def reference_fused(u, dt, w, a, b, c, d, z, bias, softplus):
+    return selective_scan_reference(u, dt @ w.T, a, b, c, d, z, delta_bias=bias,
+                                    delta_softplus=softplus)
+
+
+@pytest.mark.parametrize(
+    ("rank", "full", "subs", "chunk"),
+    [(3, True, (2, 4), 4), (2, False, (1, 1), 8), (5, True, (3, 2), 4)],
+    ids=["R=3, super-chunks 2|4", "R=2 bare, no super-chunks", "R=5, super-chunks 3|2"],
+)
+def test_fused_dt_matches_float64_reference(ts, monkeypatch, rank, full, subs, chunk):
+    """``delta = dt @ W.T`` inside the kernels: y and the gradients of u, x_proj output
+    (dt, B, C through their views), W, A, D, z, delta_bias."""
+    force_super_chunks(ts, monkeypatch, *subs)
+    data = fused_dt_inputs(rank, full=full, seed=20 + rank)
+    leaves = {k: None if t is None else t.clone().requires_grad_() for k, t in data.items()}
+    fn = lambda *a: ts.selective_scan_triton_dt(*a, chunk=chunk)  # noqa: E731
+    y = run_fused(fn, leaves, rank, 4, softplus=True)
+    leaves64 = {k: None if t is None else t.double().requires_grad_() for k, t in data.items()}
+    y64 = run_fused(reference_fused, leaves64, rank, 4, softplus=True)
+    assert y.dtype == torch.float32 and rel(y, y64) < 1e-5
+    gy = torch.randn(y64.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    names = [k for k, t in leaves.items() if t is not None]
+    grads = torch.autograd.grad(y, [leaves[k] for k in names], gy.float())
+    grads64 = torch.autograd.grad(y64, [leaves64[k] for k in names], gy)
+    for name, g, g64 in zip(names, grads, grads64):
+        assert g.shape == g64.shape, name
+        assert rel(g, g64) < 1e-4, name
+
+
+def test_fused_dt_equals_unfused_entry(ts):
+    """Same y as selective_scan_triton on the materialized delta (up to the R-sum order)."""
+    data = fused_dt_inputs(4, seed=30)
+    dt, b, c = data["xp"].split([4, 4, 4], dim=-1)
+    args = (data["A"], b, c, data["D"], data["z"], data["delta_bias"], True)
+    y = ts.selective_scan_triton_dt(data["u"], dt, data["w"], *args, chunk=8)
+    y_ref = ts.selective_scan_triton(data["u"], dt @ data["w"].T, *args, chunk=8)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [(lambda d: d.__setitem__("w", d["w"][:, :-1]), "dt_weight must be"),
+     (lambda d: d.__setitem__("dt", d["dt"][:, :-1]), "dt must be"),
+     (lambda d: d.__setitem__("A", d["A"][:-1]), "A must be")],
+    ids=["weight", "dt", "A"],
+)
+def test_fused_dt_bad_input_is_named(ts, change, message):
+    data = fused_dt_inputs(3, seed=31)
+    data["dt"], data["B"], data["C"] = data.pop("xp").split([3, 4, 4], dim=-1)
+    change(data)
+    with pytest.raises(ValueError, match=message):
+        ts.selective_scan_triton_dt(data["u"], data["dt"], data["w"], data["A"], data["B"],
+                                    data["C"], data["D"], data["z"], data["delta_bias"], True)
 
 
 def test_reverse_scan_probe_passes_in_interpreter(ts):

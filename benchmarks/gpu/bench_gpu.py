@@ -224,50 +224,177 @@ def parity_official(rows: list) -> None:
 def triton_sweep() -> tuple[int, int] | None:
     """Time a few kernel settings at E=64, L=2M; keep the fastest for the later timings.
 
-    Forward: (chunk, channels per program, warps); then backward (channels per
-    program, warps) with the best forward setting, timed as fwd+bwd.
+    Forward: (chunk, channels per program, warps, most chunks per program walk); then the
+    backward (channels per program, warps, most chunks per walk) with the best forward
+    setting, timed as fwd+bwd.
     """
     args = scan_inputs(1, 2_097_152, 64)
     rows, best = [], None
+    ts = triton_scan
 
     def fwd():
         u, delta, a, b, c, d, z, bias = args
-        return triton_scan.selective_scan_triton(u, delta, a, b, c, d, z, bias, True)
+        return ts.selective_scan_triton(u, delta, a, b, c, d, z, bias, True)
 
-    for chunk, be, warps in ((32, 8, 4), (64, 4, 4), (32, 16, 4), (16, 16, 4), (64, 8, 8),
-                             (32, 8, 2), (16, 32, 8), (128, 2, 4)):
-        triton_scan.FWD_BLOCK_E, triton_scan.FWD_WARPS = be, warps
-        triton_scan.DEFAULT_CHUNK = chunk
+    for chunk, be, warps, sub in ((32, 8, 4, 1), (16, 16, 4, 64), (16, 16, 4, 16),
+                                  (16, 32, 8, 64), (16, 16, 8, 64), (8, 32, 4, 128),
+                                  (16, 8, 4, 64), (32, 16, 4, 64)):
+        ts.FWD_BLOCK_E, ts.FWD_WARPS, ts.INFER_CHUNK, ts.FWD_MAX_SUB = be, warps, chunk, sub
         try:
             ms = cuda_time(fwd, reps=5, warmup=1)
         except Exception as exc:  # e.g. out of registers / shared memory
-            rows.append(["fwd", chunk, be, warps, f"failed: {type(exc).__name__}: {exc}"[:80]])
+            rows.append(["fwd", chunk, be, warps, sub, f"failed: {type(exc).__name__}"[:80]])
             continue
-        rows.append(["fwd", chunk, be, warps, ms])
+        rows.append(["fwd", chunk, be, warps, sub, ms])
         if best is None or ms < best[0]:
-            best = (ms, chunk, be, warps)
+            best = (ms, chunk, be, warps, sub)
     if best is None:
         return None
-    _, chunk, be, warps = best
-    triton_scan.FWD_BLOCK_E, triton_scan.FWD_WARPS, triton_scan.DEFAULT_CHUNK = be, warps, chunk
+    _, chunk, be, warps, sub = best
+    ts.FWD_BLOCK_E, ts.FWD_WARPS, ts.INFER_CHUNK, ts.FWD_MAX_SUB = be, warps, chunk, sub
     best_b = None
-    for bbe, bwarps in ((4, 4), (2, 4), (8, 4), (4, 2), (8, 8), (2, 2)):
-        triton_scan.BWD_BLOCK_E, triton_scan.BWD_WARPS = bbe, bwarps
+    for bchunk, bbe, bwarps, bsub in ((32, 4, 2, 8), (32, 2, 2, 8), (32, 2, 2, 1),
+                                      (32, 4, 4, 8), (16, 4, 2, 8), (32, 8, 4, 8),
+                                      (64, 2, 2, 8), (32, 4, 2, 16)):
+        ts.DEFAULT_CHUNK, ts.BWD_BLOCK_E, ts.BWD_WARPS, ts.BWD_MAX_SUB = bchunk, bbe, bwarps, bsub
         try:
             ms = cuda_time(lambda: fwd_bwd("triton", args), reps=3, warmup=1)
         except Exception as exc:
-            rows.append(["fwd+bwd", chunk, bbe, bwarps, f"failed: {type(exc).__name__}"[:80]])
+            rows.append(["fwd+bwd", bchunk, bbe, bwarps, bsub, f"failed: {type(exc).__name__}"])
             continue
-        rows.append(["fwd+bwd", chunk, bbe, bwarps, ms])
+        rows.append(["fwd+bwd", bchunk, bbe, bwarps, bsub, ms])
         if best_b is None or ms < best_b[0]:
-            best_b = (ms, bbe, bwarps)
+            best_b = (ms, bchunk, bbe, bwarps, bsub)
     if best_b is not None:
-        triton_scan.BWD_BLOCK_E, triton_scan.BWD_WARPS = best_b[1], best_b[2]
+        ts.DEFAULT_CHUNK, ts.BWD_BLOCK_E, ts.BWD_WARPS, ts.BWD_MAX_SUB = best_b[1:]
     record("GPU: triton scan settings, E=64, L=2,097,152", ["pass", "chunk", "channels/program",
-           "warps", "ms"], rows,
-           notes=f"chosen: chunk={chunk}, fwd {be} channels x {warps} warps; bwd "
-                 f"{triton_scan.BWD_BLOCK_E} channels x {triton_scan.BWD_WARPS} warps")
+           "warps", "max chunks per program walk", "ms"], rows,
+           notes=f"chosen: forward alone: chunk={chunk}, {be} channels x {warps} warps, walks "
+                 f"of <= {sub} chunks; with backward: chunk={ts.DEFAULT_CHUNK}, bwd "
+                 f"{ts.BWD_BLOCK_E} channels x {ts.BWD_WARPS} warps, walks of <= "
+                 f"{ts.BWD_MAX_SUB} (forward kernels as above)")
     return chunk, be
+
+
+@section("fused kernels")
+def kernel_timings() -> None:
+    """The fused conv / norm kernels against the torch ops they replace, at the 128^3 level
+    (L=2,097,152 tokens, C=32, E=64), with a small sweep of their launch constants."""
+    from napari_lightm.model.kernels import conv, norms
+
+    L, C, E = 2_097_152, 32, 64
+    rows = []
+
+    def timed(name, fn, gbytes, note=""):
+        try:
+            ms = cuda_time(fn, reps=10, warmup=2)
+            rows.append([name, note, ms, gbytes / (ms / 1e3)])
+        except Exception as exc:
+            rows.append([name, note, f"failed: {type(exc).__name__}"[:60], ""])
+
+    x = torch.randn(1, L, 2 * E, device=DEV)[..., :E]  # in_proj's x half, token stride 2E
+    w, bias = torch.randn(E, 4, device=DEV) * 0.3, torch.randn(E, device=DEV)
+    gb = 2 * L * E * 4 / 1e9
+    timed("conv+SiLU fwd, torch ops", lambda: torch.nn.functional.silu(
+        torch.nn.functional.conv1d(x.transpose(1, 2), w[:, None], bias, padding=3,
+                                   groups=E)[..., :L]), gb)
+    for bl, be, warps in ((32, 64, 8), (64, 64, 8), (16, 64, 4), (128, 32, 8)):
+        conv.FWD_BLOCK_L, conv.FWD_BLOCK_E, conv.FWD_WARPS = bl, be, warps
+        timed("conv+SiLU fwd, triton", lambda: conv.causal_conv1d_silu(x, w, bias), gb,
+              f"{bl}x{be}, {warps} warps")
+    conv.FWD_BLOCK_L, conv.FWD_BLOCK_E, conv.FWD_WARPS = 32, 64, 8
+    xg = x.detach().clone().requires_grad_()
+    wg = w.clone().requires_grad_()
+    y = conv.causal_conv1d_silu(xg, wg, bias)
+    gy = torch.randn_like(y)
+    for bl, be, warps in ((32, 64, 8), (64, 32, 8), (16, 64, 4)):
+        conv.BWD_BLOCK_L, conv.BWD_BLOCK_E, conv.BWD_WARPS = bl, be, warps
+        timed("conv+SiLU bwd, triton", lambda: torch.autograd.grad(y, [xg, wg], gy,
+              retain_graph=True), 3 * L * E * 4 / 1e9, f"{bl}x{be}, {warps} warps")
+    conv.BWD_BLOCK_L, conv.BWD_BLOCK_E, conv.BWD_WARPS = 32, 64, 8
+
+    t = torch.randn(1, L, C, device=DEV)
+    a = torch.randn(1, L, C, device=DEV)
+    lw, lb = torch.randn(C, device=DEV), torch.randn(C, device=DEV)
+    s1 = torch.ones(1, device=DEV)
+    gb = 2 * L * C * 4 / 1e9
+    timed("LayerNorm fwd, torch", lambda: torch.nn.functional.layer_norm(t, (C,), lw, lb), gb)
+    for tile, warps in ((4096, 4), (2048, 4), (8192, 8), (1024, 2)):
+        norms.LN_FWD_TILE, norms.LN_FWD_WARPS = tile, warps
+        timed("LayerNorm fwd, triton", lambda: norms.layer_norm(t, lw, lb), gb,
+              f"tile {tile}, {warps} warps")
+        timed("residual+LayerNorm fwd, triton",
+              lambda: norms.residual_layer_norm(a, t, s1, lw, lb), 1.5 * gb,
+              f"tile {tile}, {warps} warps")
+    norms.LN_FWD_TILE, norms.LN_FWD_WARPS = 4096, 4
+
+    fmap = torch.randn(1, C, 128, 128, 128, device=DEV)
+    gw, gbias = torch.randn(C, device=DEV), torch.randn(C, device=DEV)
+    timed("GroupNorm+ReLU fwd, torch (NCDHW)", lambda: torch.relu(
+        torch.nn.functional.group_norm(fmap, 8, gw, gbias)), gb)
+    fmap_cl = fmap.contiguous(memory_format=torch.channels_last_3d)
+    for tile, sw, aw in ((4096, 4, 4), (8192, 8, 8), (2048, 4, 4), (16384, 8, 8)):
+        norms.GN_TILE, norms.GN_STATS_WARPS, norms.GN_APPLY_WARPS = tile, sw, aw
+        timed("GroupNorm+ReLU fwd, triton (channels-last)",
+              lambda: norms.group_norm_relu(fmap_cl, 8, gw, gbias), 1.5 * gb,
+              f"tile {tile}, {sw}/{aw} warps")
+    norms.GN_TILE, norms.GN_STATS_WARPS, norms.GN_APPLY_WARPS = 4096, 4, 4
+    timed("GroupNorm+ReLU fwd, triton (NCDHW input)",
+          lambda: norms.group_norm_relu(fmap, 8, gw, gbias), 1.5 * gb)
+    xg = fmap_cl.clone().requires_grad_()
+    y = norms.group_norm_relu(xg, 8, gw.requires_grad_(), gbias)
+    gy = torch.randn_like(y)
+    timed("GroupNorm+ReLU bwd, triton", lambda: torch.autograd.grad(y, [xg, gw], gy,
+          retain_graph=True), 2.5 * gb)
+    tg = t.clone().requires_grad_()
+    y = norms.layer_norm(tg, lw.requires_grad_(), lb)
+    gl = torch.randn_like(y)
+    timed("LayerNorm bwd, triton", lambda: torch.autograd.grad(y, [tg, lw], gl,
+          retain_graph=True), 3 * gb)
+    record("GPU: fused kernels vs torch at the 128^3 level (fp32)",
+           ["kernel", "launch setting", "ms", "GB/s (ideal bytes)"], rows,
+           notes="L=2,097,152 tokens; conv E=64 (input read from in_proj's strided half); "
+                 "norms C=32; GB/s counts each tensor read or written once")
+
+
+@section("scan in the mixer's layout")
+def mixer_layout_scan() -> None:
+    """E=64, L=2M as the mixer calls it: delta given (contiguous) vs dt_proj fused
+    (``dt``, ``B``, ``C`` strided column views of one ``x_proj`` output ``[1, L, R + 2N]``)."""
+    e, length, r, n = 64, 2_097_152, 2, 16
+    u, delta, a, b, c, d, z, bias = scan_inputs(1, length, e)
+    xdbc = torch.randn(1, length, r + 2 * n, device=DEV)
+    dt, bv, cv = xdbc.split([r, n, n], dim=-1)
+    w = torch.randn(e, r, device=DEV) * 0.5
+    delta_full = torch.nn.functional.linear(dt, w)
+    rows = []
+    calls = {
+        "delta given, contiguous B/C": lambda: triton_scan.selective_scan_triton(
+            u, delta, a, b, c, d, z, bias, True),
+        "delta given (dt_proj output), strided B/C": lambda: triton_scan.selective_scan_triton(
+            u, delta_full, a, bv, cv, d, z, bias, True),
+        "dt_proj fused, strided dt/B/C": lambda: triton_scan.selective_scan_triton_dt(
+            u, dt, w, a, bv, cv, d, z, bias, True),
+    }
+    for label, fn in calls.items():
+        with torch.no_grad():
+            ms = cuda_time(fn, reps=10, warmup=2)
+        leaves = [u, z, xdbc, w]
+        for t in leaves:
+            t.requires_grad_(True)
+        try:
+            dt, bv, cv = xdbc.split([r, n, n], dim=-1)
+            fb = cuda_time(lambda f=fn: f().backward(torch.ones_like(u)), reps=3, warmup=1)
+        except Exception as exc:
+            fb = f"failed: {type(exc).__name__}"
+        for t in leaves:
+            t.requires_grad_(False)
+            t.grad = None
+        rows.append([label, ms, fb])
+    record("GPU: triton scan in the mixer's layout, E=64, L=2,097,152 (fp32)",
+           ["inputs", "fwd ms (no grad)", "fwd+bwd ms"], rows,
+           notes=f"chunks: {triton_scan.INFER_CHUNK} tokens without grad, "
+                 f"{triton_scan.DEFAULT_CHUNK} with")
 
 
 def fwd_bwd(backend: str, args):
@@ -326,82 +453,158 @@ def peak_gib(fn) -> float:
     return torch.cuda.max_memory_allocated() / GiB
 
 
-@section("whole network")
-def network_timings(quick: bool) -> None:
-    from napari_lightm.model.cuda_fast import enable_fast_norms, enable_rvm_checkpointing
+def agreement(y: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """max |y - ref| / max |ref| of the logits, and the % of voxels whose argmax agrees."""
+    y, ref = y.float(), ref.float()
+    return rel_err(y, ref), 100.0 * (y.argmax(1) == ref.argmax(1)).float().mean().item()
 
+
+def inference_variants(ours: LightMUNet, compile_: bool) -> list[tuple[str, object, bool]]:
+    """(label, callable network, bf16 autocast) for one case; official first when present."""
+    from napari_lightm.model.cuda_fast import (
+        GraphedInference,
+        enable_fast_norms,
+        enable_fast_path,
+    )
+
+    out = []
+    if is_available("mamba_ssm"):
+        official = official_network(ours)
+        out += [("official (mamba_ssm.Mamba), fp32", official, False),
+                ("official (mamba_ssm.Mamba), bf16 autocast", official, True)]
+    fast_norms = copy.deepcopy(ours)
+    enable_fast_norms(fast_norms)
+    fused = copy.deepcopy(ours)
+    how = enable_fast_path(fused)
+    out += [(f"ours ({ours.scan_backend}), plain modules, fp32", ours, False),
+            (f"ours ({ours.scan_backend}) + fast norms, fp32", fast_norms, False),
+            (f"ours ({ours.scan_backend}) + {how}, fp32", fused, False),
+            (f"ours ({ours.scan_backend}) + {how}, bf16 autocast", fused, True),
+            (f"ours ({ours.scan_backend}) + {how} + CUDA graph, fp32", GraphedInference(fused),
+             False),
+            (f"ours ({ours.scan_backend}) + {how} + CUDA graph, bf16 autocast",
+             GraphedInference(fused), True)]
+    if compile_:
+        compiled = torch.compile(copy.deepcopy(ours), dynamic=False)
+        out += [(f"ours ({ours.scan_backend}) torch.compile, fp32", compiled, False),
+                (f"ours ({ours.scan_backend}) torch.compile, bf16 autocast", compiled, True)]
+    return out
+
+
+def autocast(enabled: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
+
+
+@section("whole network: inference")
+def network_inference(quick: bool, compile_: bool, cases: str = "3d,2d32,2d16") -> None:
     rows = []
-    cases = [("3D f=32 inference", 3, (1, 1, 128, 128, 128), 1, 3),
-             ("2D f=32 inference", 2, (1, 3, 512, 512), 3, 2),
-             ("2D f=16 inference", 2, (1, 3, 512, 512), 3, 2)]
-    for name, dims, shape, cin, cout in cases:
+    all_cases = {"3d": ("3D f=32 inference", 3, (1, 1, 128, 128, 128), 1, 3, "repo"),
+                 "2d32": ("2D f=32 inference", 2, (1, 3, 512, 512), 3, 2, "repo"),
+                 "2d16": ("2D f=16 inference", 2, (1, 3, 512, 512), 3, 2, "light")}
+    for key in cases.split(","):
+        name, dims, shape, cin, cout, cfg = all_cases[key]
         torch.manual_seed(0)
-        cfg = "light" if "f=16" in name else "repo"
         ours = LightMUNet.from_config(cfg, dims, cin, cout).to(DEV).eval()
-        fast = copy.deepcopy(ours)
-        enable_fast_norms(fast)
-        nets = {"ours (" + ours.scan_backend + ")": ours,
-                "ours (" + ours.scan_backend + ") + fast norms": fast}
-        if is_available("mamba_ssm"):
-            nets = {"official (mamba_ssm.Mamba)": official_network(ours), **nets}
         x = torch.randn(*shape, device=DEV)
-        base = None
-        for label, net in nets.items():
-            with torch.no_grad():
-                ms = cuda_time(lambda n=net, x=x: n(x), reps=5 if quick else 10)
-                mem = peak_gib(lambda n=net, x=x: n(x))
+        base = ref = None
+        for label, net, amp in inference_variants(ours, compile_):
+            try:
+                with torch.no_grad(), autocast(amp):
+                    t0 = time.time()
+                    y = net(x)
+                    torch.cuda.synchronize()
+                    first = time.time() - t0
+                    ms = cuda_time(lambda n=net, x=x: n(x), reps=5 if quick else 10)
+                    mem = peak_gib(lambda n=net, x=x: n(x))
+            except Exception as exc:
+                traceback.print_exc()
+                rows.append([name, label, f"failed: {type(exc).__name__}"[:60], "", "", "", "",
+                             ""])
+                continue
+            ref = y if ref is None else ref
             base = base or ms
-            rows.append([name, "x".join(map(str, shape)), label, ms, mem, base / ms])
-        del nets, ours, fast
+            err, agree = agreement(y, ref)
+            rows.append([name, label, ms, mem, base / ms, err, agree, first])
+            print(rows[-1], flush=True)
+        del ours
         torch.cuda.empty_cache()
+    record("GPU: LightM-UNet released layout, inference, official mixers vs ours",
+           ["case", "network", "ms", "peak GiB", "speed-up vs first row",
+            "logits max diff / max (vs first row)", "argmax agrees %", "first call s"], rows,
+           notes="official = the same network with mamba_ssm.Mamba (2.3.2, no causal-conv1d) "
+                 "as every mixer, same weights; fused kernels / fast norms: "
+                 "napari_lightm.model.cuda_fast; first call includes torch.compile's compile")
 
-    # Adam train step, 2x1x128^3, 3 classes, CE loss
+
+@section("whole network: train step")
+def network_training(quick: bool, compile_: bool) -> None:
+    """Adam step, 2x1x128^3, 3 classes, cross-entropy; official (fp32, as released) vs ours."""
+    from napari_lightm.model.cuda_fast import enable_fast_path, enable_rvm_checkpointing
+
     torch.manual_seed(0)
     ours = LightMUNet.from_config("repo", 3, 1, 3).to(DEV)
     x = torch.randn(2, 1, 128, 128, 128, device=DEV)
     target = torch.randint(0, 3, (2, 128, 128, 128), device=DEV)
-    variants = []  # (label, network, recompute RVM layers, fast norms)
+    variants = []  # (label, network, bf16 autocast)
     if is_available("mamba_ssm"):
-        variants.append(("official (mamba_ssm.Mamba)", official_network(ours), False, False))
+        variants.append(("official (mamba_ssm.Mamba), fp32", official_network(ours), False))
+    fused = copy.deepcopy(ours)
+    how = enable_fast_path(fused, training=True)
+    fused_keep = copy.deepcopy(ours)
+    how_keep = enable_fast_path(fused_keep, training=False)
     name = "ours (" + ours.scan_backend + ")"
-    variants += [(name + " + RVM recomputation", copy.deepcopy(ours), True, False),
-                 (name + " + fast norms + RVM recomputation", copy.deepcopy(ours), True, True),
-                 (name + " + fast norms, no recomputation", ours, False, True)]
-    base = None
-    for label, net, ckpt, fast_norms in variants:
-        enable_fast_norms(net, fast_norms)
-        enable_rvm_checkpointing(net, ckpt)
+    variants += [(f"{name} + {how}, fp32", fused, False),
+                 (f"{name} + {how}, bf16 autocast", fused, True),
+                 (f"{name} + {how_keep}, bf16 autocast", fused_keep, True)]
+    if compile_:
+        plain = copy.deepcopy(ours)
+        enable_rvm_checkpointing(plain, False)
+        variants.append((f"{name} torch.compile, bf16 autocast",
+                         torch.compile(plain, dynamic=False), True))
+    del ours
+    rows, base = [], None
+    for label, net, amp in variants:
         opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-5, eps=1e-5)
 
-        def step(net=net, opt=opt):
+        def step(net=net, opt=opt, amp=amp):
             opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(net(x), target)
+            with autocast(amp):
+                loss = torch.nn.functional.cross_entropy(net(x), target)
             loss.backward()
             opt.step()
 
         try:
+            t0 = time.time()
+            step()
+            torch.cuda.synchronize()
+            first = time.time() - t0
             mem = peak_gib(step)
             ms = cuda_time(step, reps=3 if quick else 5, warmup=1)
-        except torch.cuda.OutOfMemoryError:
-            rows.append(["train step Adam", "2x1x128x128x128", label, "out of memory", "", ""])
+        except Exception as exc:  # out of memory, or a failed compile
+            traceback.print_exc()
+            rows.append(["2x1x128x128x128", label, f"failed: {type(exc).__name__}"[:60], "", "",
+                         ""])
             del opt
             torch.cuda.empty_cache()
             continue
         base = base or ms
-        rows.append(["train step Adam", "2x1x128x128x128", label, ms, mem, base / ms])
-        del opt, net
+        rows.append(["2x1x128x128x128", label, ms, mem, base / ms, first])
+        print(rows[-1], flush=True)
+        del opt
         torch.cuda.empty_cache()
-    record("GPU: LightM-UNet released layout, official mixers vs ours (fp32)",
-           ["case", "input", "network", "ms", "peak GiB", "speed-up vs first row"], rows,
-           notes="official = the same network with mamba_ssm.Mamba (2.3.2, no causal-conv1d) "
-                 "as every mixer, same weights; fast norms / recomputation: "
-                 "napari_lightm.model.cuda_fast")
+    record("GPU: LightM-UNet released layout, Adam train step, official mixers vs ours",
+           ["input", "network", "ms", "peak GiB", "speed-up vs first row", "first step s"], rows,
+           notes="cross-entropy over 3 classes; recomputation = RVM layers recompute their "
+                 "activations in backward (napari_lightm.model.cuda_fast)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--skip-network", action="store_true")
+    parser.add_argument("--skip-scan", action="store_true", help="no sweep / scan timings")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--cases", default="3d,2d32,2d16", help="inference cases")
     opts = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU")
@@ -415,14 +618,18 @@ def main() -> None:
         parity_official(rows)
     record("GPU: parity (max |diff| / max |ref|)", ["check", "shape", "output", "gradients"],
            rows, notes="acceptance: <= 1e-4 (fp32 inputs); bf16 rows show input rounding")
-    best = triton_sweep()
-    rows = []
-    parity_reference(rows)
-    record("GPU: parity of triton with the settings chosen by the sweep", ["check", "shape",
-           "output", "gradients"], rows)
-    scan_timings(best[0] if best else triton_scan.DEFAULT_CHUNK, opts.quick)
+    if not opts.skip_scan:
+        kernel_timings()
+        best = triton_sweep()
+        rows = []
+        parity_reference(rows)
+        record("GPU: parity of triton with the settings chosen by the sweep", ["check", "shape",
+               "output", "gradients"], rows)
+        scan_timings(best[0] if best else triton_scan.DEFAULT_CHUNK, opts.quick)
+        mixer_layout_scan()
     if not opts.skip_network:
-        network_timings(opts.quick)
+        network_inference(opts.quick, opts.compile, opts.cases)
+        network_training(opts.quick, opts.compile)
 
 
 if __name__ == "__main__":

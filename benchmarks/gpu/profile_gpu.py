@@ -22,6 +22,7 @@ import bench_gpu as bench
 from benchmarks._results import record
 
 from napari_lightm.model import LightMUNet
+from napari_lightm.model.cuda_fast import enable_fast_path
 from napari_lightm.model.scan import is_available
 
 DEV = torch.device("cuda")
@@ -60,28 +61,32 @@ def main() -> None:
     opts = parser.parse_args()
     torch.manual_seed(0)
     ours = LightMUNet.from_config("repo", 3, 1, 3).to(DEV).eval()
+    how = enable_fast_path(ours)
     x = torch.randn(1, 1, 128, 128, 128, device=DEV)
+    for label, amp in ((f"ours + {how}, fp32", False), (f"ours + {how}, bf16 autocast", True)):
+        try:
+            with torch.no_grad(), bench.autocast(amp):
+                top_kernels(lambda: ours(x), f"GPU profile: {label}, 3D f=32 inference 128^3")
+        except Exception:
+            traceback.print_exc()
     nets = {"ours": ours}
     if is_available("mamba_ssm"):
         nets["official"] = bench.official_network(ours)
-    for label, net in nets.items():
-        try:
-            with torch.no_grad():
-                top_kernels(lambda n=net: n(x), f"GPU profile: {label} 3D f=32 inference 128^3")
-        except Exception:
-            traceback.print_exc()
 
-    try:  # train step, ours, no recomputation
+    try:  # train step, ours, fast path with recomputation, bf16 autocast
         net = LightMUNet.from_config("repo", 3, 1, 3).to(DEV)
+        how = enable_fast_path(net, training=True)
         xb = torch.randn(2, 1, 128, 128, 128, device=DEV)
         target = torch.randint(0, 3, (2, 128, 128, 128), device=DEV)
 
         def step(net=net, xb=xb, target=target):
             net.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(net(xb), target).backward()
+            with bench.autocast(True):
+                loss = torch.nn.functional.cross_entropy(net(xb), target)
+            loss.backward()
 
-        top_kernels(step, "GPU profile: ours 3D f=32 train step 2x128^3 (fwd+bwd)", top=25,
-                    iters=1)
+        top_kernels(step, f"GPU profile: ours + {how}, bf16 autocast, 3D f=32 train step "
+                    "2x128^3 (fwd+bwd)", top=25, iters=1)
         del net, xb, target
         torch.cuda.empty_cache()
     except Exception:

@@ -3,7 +3,8 @@
 # from .gpu/ (see ../shared/gpu/README.md; a prebuilt wheel in .gpu/ skips the build),
 # then the parity checks + timings of bench_gpu.py and the tests marked gpu.
 # Logs and the recorded tables go to $OUT (RESULTS_gpu.md: append it to
-# benchmarks/RESULTS.md on your machine). Usage: bash benchmarks/gpu/run_all.sh [--quick]
+# benchmarks/RESULTS.md on your machine). Usage: [PROFILE=1] bash benchmarks/gpu/run_all.sh
+# [bench_gpu.py options: --quick --skip-scan --skip-network --compile --cases 3d,2d32,2d16]
 set -uo pipefail
 cd "$(dirname "$0")/../.."  # the repository root
 OUT=${OUT:-/tmp/lightm-out}; mkdir -p "$OUT"
@@ -20,6 +21,13 @@ if [ ! -e .gpu/mamba_ssm-*.whl ] && ls /tmp/wheels/mamba_ssm-*.whl >/dev/null 2>
   for w in /tmp/wheels/mamba_ssm-*.whl; do split -b 15m "$w" "$OUT/wheels/$(basename "$w").part_"; done
 fi
 export PYTHONPATH=/tmp/site:$(pwd)/src:$(pwd):${PYTHONPATH:-}
-python3 benchmarks/gpu/bench_gpu.py "$@" 2>&1 | tee -a "$OUT/log.txt"
-python3 -m pytest -p no:cacheprovider -m gpu -q tests/test_scan_gpu.py 2>&1 | tail -25 \
-  | tee -a "$OUT/log.txt"
+# the timings first (a quiet GPU), then the tests marked gpu (the CUDA kernels against
+# their references; several minutes: float64 references at realistic sizes)
+timeout ${BENCH_TIMEOUT:-420} python3 benchmarks/gpu/bench_gpu.py "$@" 2>&1 | tee -a "$OUT/log.txt"
+timeout ${TEST_TIMEOUT:-300} python3 -m pytest -p no:cacheprovider -m gpu -q -rfE \
+  tests/test_scan_gpu.py tests/test_kernels_conv.py tests/test_kernels_norms.py \
+  tests/test_cuda_fast.py 2>&1 | tail -25 | tee -a "$OUT/log.txt"
+if [ "${PROFILE:-0}" = 1 ]; then  # where the time goes (top kernels), also into RESULTS_gpu.md
+  timeout ${PROFILE_TIMEOUT:-120} python3 benchmarks/gpu/profile_gpu.py 2>&1 | tail -5 \
+    | tee -a "$OUT/log.txt"
+fi

@@ -95,6 +95,7 @@ def iter_sliding_window(
     amp: bool = True,
     cancel: CancelToken | None = None,
     stage: str = "predict",
+    cuda_graphs: bool = True,
 ) -> Generator[Progress, None, torch.Tensor]:
     """Gaussian-weighted sliding-window logits, one :class:`Progress` per tile.
 
@@ -108,6 +109,8 @@ def iter_sliding_window(
         tile_batch: tiles per forward (default 4 on CUDA, 1 elsewhere); halves on OOM.
         amp: autocast on CUDA.
         cancel: checked between tiles; raises :class:`Cancelled`.
+        cuda_graphs: on CUDA, replay each tile batch shape from a captured CUDA graph
+            (:class:`~napari_lightm.model.cuda_fast.GraphedInference`).
 
     Returns (generator return value):
         logits ``[P, n_classes, *S]`` float32 on the CPU.
@@ -133,6 +136,11 @@ def iter_sliding_window(
     norm = torch.zeros((n_planes, 1, *padded), dtype=torch.float32)
     flips = mirror_axes(nd, tta)
     batch = tile_batch or (4 if device.type == "cuda" else 1)
+    graphed = device.type == "cuda" and cuda_graphs
+    if graphed:
+        from napari_lightm.model.cuda_fast import GraphedInference
+
+        model = GraphedInference(model)  # same results; no per-kernel launch cost
 
     done = 0
     yield Progress(0, len(tiles), stage)
@@ -145,6 +153,8 @@ def iter_sliding_window(
         except torch.cuda.OutOfMemoryError:
             if batch == 1:
                 raise
+            if graphed:  # drop the captured graphs and their memory
+                model = GraphedInference(model.model)
             torch.cuda.empty_cache()
             batch = max(1, batch // 2)  # smaller tiles batch, same windows
             continue

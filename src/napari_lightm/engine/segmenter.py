@@ -50,6 +50,18 @@ def _drain(gen: Generator[Progress, None, Any], progress: ProgressCallback | Non
             progress(item)
 
 
+def _match_device_path(model: Any) -> None:
+    """On CUDA, the fused kernels and channels-last layout of ``model.cuda_fast`` (same
+    weights, same results to float rounding); elsewhere the plain modules."""
+    from napari_lightm.model import cuda_fast
+
+    params = next(model.parameters(), None)
+    if params is not None and params.device.type == "cuda":
+        cuda_fast.enable_fast_path(model)
+    else:
+        cuda_fast.disable_fast_path(model)
+
+
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -91,6 +103,7 @@ class Segmenter:
                 "each a multiple of 8"
             )
         self.model = model
+        _match_device_path(model)
         self.config = config
         self.class_names = list(class_names)
         self.preprocessing = preprocessing
@@ -287,6 +300,7 @@ class Segmenter:
         from napari_lightm.engine.device import pick_device
 
         self.model.to(pick_device(device))
+        _match_device_path(self.model)
         return self
 
     def copy(self) -> Segmenter:

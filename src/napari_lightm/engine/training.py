@@ -369,6 +369,10 @@ def iter_train(
         )
         result.best_dice = float(state["best_dice"])
     base_version = seg.version
+    if dev.type == "cuda":  # fused kernels + recomputation of the RVM layers' activations
+        from napari_lightm.model.cuda_fast import enable_fast_path
+
+        enable_fast_path(model, training=True)
     ddp = model
     if dist_info.world > 1:
         from torch.nn.parallel import DistributedDataParallel

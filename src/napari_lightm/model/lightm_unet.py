@@ -70,6 +70,9 @@ class LightMUNet(nn.Module):
             nn.Sequential(*(ResUpBlock(spatial_dims, c // 2) for _ in range(n)))
             for c, n in zip(widths, self.blocks_up)
         )
+        # memory layout of the feature maps: channels-last (the RVM layers' token view is then
+        # free) or the default; None = channels-last on the CPU only (see forward)
+        self.channels_last: bool | None = None
         self.head = nn.Sequential(
             nn.GroupNorm(8, f), nn.ReLU(), DWConv(spatial_dims, f, out_channels, 1, bias=True)
         )
@@ -128,13 +131,17 @@ class LightMUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, out_channels, *S]`` for ``x [B, in_channels, *S]``."""
         self.check_input(x)
-        if x.device.type == "cpu":
+        channels_last = self.channels_last
+        if channels_last is None:
+            channels_last = x.device.type == "cpu"
+        x = self.stem(x)
+        if channels_last:
             # channels-last memory (same values): the RVM layers' token view [B, L, C] is
-            # then free, and CPU GroupNorm, pooling, convs and upsampling have kernels for
-            # it (GPU layouts are left to the CUDA path, model/cuda_fast.py)
+            # then free, and GroupNorm, pooling, convs and upsampling have kernels for it
+            # (on CUDA model/cuda_fast.py turns it on). Converted after the stem: cuDNN runs
+            # the stem's 3x3(x3) convolution of a channels-last input slowly.
             fmt = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
             x = x.contiguous(memory_format=fmt)
-        x = self.stem(x)
         skips = []
         for stage in self.down_stages:
             x = stage(x)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_lightm.model.scan import resolve_backend, selective_scan
+from napari_lightm.model.scan import is_available, resolve_backend, selective_scan
 
 
 class Mamba(nn.Module):
@@ -106,6 +106,12 @@ class Mamba(nn.Module):
 
     def conv_silu(self, x: torch.Tensor) -> torch.Tensor:
         """``SiLU(causal_conv(x))``, ``[B, L, E] -> [B, L, E]``."""
+        if torch.compiler.is_compiling():  # plain ops: the compiler fuses them itself
+            return F.silu(self.causal_conv(x))
+        if x.is_cuda and is_available("triton"):  # one Triton pass each way (kernels/conv.py)
+            from napari_lightm.model.kernels.conv import causal_conv1d_silu
+
+            return causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias)
         if self._fused_conv_available(x):
             from napari_lightm.model.scan.cpu_numba import causal_conv1d_silu_cpu
 
@@ -121,11 +127,22 @@ class Mamba(nn.Module):
         x = self.conv_silu(F.linear(u, w_x))
         z = F.linear(u, w_z)
         dt, b, c = self.x_proj(x).split([r, n, n], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight)  # bias + softplus happen inside the scan
         a = -torch.exp(self.A_log.float())
-        y = selective_scan(
-            x, delta, a, b, c, self.D.float(), z,
-            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-            backend=self.scan_backend,
-        )
+        # delta is formed here, not inside the scan: the triton scan's fused-dt_proj entry
+        # measured 3x slower on an H200 (benchmarks/RESULTS.md, "scan in the mixer's layout")
+        delta = F.linear(dt, self.dt_proj.weight)  # bias + softplus happen in the scan
+        y = _scan(x, delta, a, b, c, self.D.float(), z, self.dt_proj.bias.float(),
+                  self.scan_backend)
         return self.out_proj(y)
+
+
+# The scans run eagerly: under ``torch.compile`` each mixer's scan is one clean graph break
+# (the backends are custom kernels with their own autograd), and the compiler fuses what
+# comes before and after it.
+
+
+@torch.compiler.disable
+def _scan(x, delta, a, b, c, d, z, delta_bias, backend):
+    return selective_scan(x, delta, a, b, c, d, z, delta_bias=delta_bias, delta_softplus=True,
+                          backend=backend)
+

@@ -6,25 +6,43 @@ read the token-major tensors in place (any batch/token strides, unit channel str
 
 Why chunks: mamba-ssm walks the tokens of each (batch, channel) sequentially, which
 leaves an H100 idle when there are few channels and millions of tokens. Here the token
-axis is cut into chunks of ``T`` tokens and the work runs in three stages:
+axis is cut into chunks of ``T`` tokens, and ``SUB`` consecutive chunks form a super-chunk
+that one program walks in a loop, carrying the state ``[BE, N]`` in registers from one
+chunk to the next (``_sub_chunks`` picks SUB on the host: as large as still leaves
+``FWD_MIN_PROGRAMS`` programs, at most ``FWD_MAX_SUB``; 1 for short sequences). The work
+runs in three stages:
 
-1. ``_chunk_end_kernel`` (parallel over batch x channel-block x chunk): the linear
+1. ``_chunk_end_kernel`` (parallel over batch x channel-block x super-chunk): the linear
    recurrence ``h_t = a_t h_{t-1} + b_t`` (``a = exp(delta A)``, ``b = delta B u``) of each
-   chunk from a zero state, as a parallel associative scan over the chunk's tokens;
-   keeps each chunk's end state ``[Bt, K, E, N]`` and ``sum(delta)`` ``[Bt, K, E]``.
-2. ``_carry_kernel`` (parallel over batch x channel): a scan over the K chunk summaries
-   (decay ``exp(A sum(delta))`` and end state) turns them into true end states.
-3. ``_chunk_out_kernel``: re-scans every chunk from its true start state and writes
+   chunk as a parallel associative scan over its tokens, chained over the super-chunk's
+   chunks from a zero state; keeps each super-chunk's end state ``[Bt, KS, E, N]`` and
+   ``sum(delta)`` ``[Bt, KS, E]``.
+2. ``_carry_kernel`` (parallel over batch x channel): a scan over the KS super-chunk
+   summaries (decay ``exp(A sum(delta))`` and end state) turns them into true end states.
+   This pass is latency-bound (a sequential walk), which is why it only sees K / SUB
+   summaries.
+3. ``_chunk_out_kernel``: re-walks every super-chunk from its true start state and writes
    ``y = (<C_t, h_t> + D u_t) * SiLU(z_t)``; delta_bias + softplus, the D skip and the
-   gate are fused, the state stays in float32 whatever the input dtype.
+   gate are fused, the state stays in float32 whatever the input dtype. When a backward
+   pass may follow (an input requires grad) it also writes the true end state of every
+   chunk ``H [Bt, K, E, N]`` (with SUB = 1 the carried summaries already are ``H``).
 
 The decays are products of per-step ``exp(delta A)`` (never differences of cumulative
 sums in log space, which lose ~1e-3 in float32 on long decays). Backward recomputes
-instead of storing ``[Bt, L, E, N]``: a reverse chunk pass and a reverse carry give the
-adjoint ``lambda_t = dL/dh_t`` at every chunk boundary, then one kernel per chunk re-scans
-``h`` forward and ``lambda`` backward and forms all gradients; the cross-channel sums
-(``dB``, ``dC``) and the parameter sums (``dA``, ``dD``, ``d delta_bias``) go through small
-per-block partial buffers summed by torch (deterministic, no atomics).
+instead of storing ``[Bt, L, E, N]``, with its own super-chunks (``BWD_MAX_SUB``,
+``BWD_MIN_PROGRAMS``): a reverse pass over each super-chunk's chunks and a reverse carry
+give the adjoint ``lambda`` at every super-chunk boundary (``Q``); then one program per
+super-chunk (and group of channel blocks) walks its chunks last to first, re-scans ``h``
+forward from the stored ``H`` and ``lambda`` backward from the adjoint handed on by the
+later chunk, and forms all gradients. The cross-channel sums (``dB``, ``dC``) and the
+parameter sums (``dA``, ``dD``, ``d delta_bias``) go through small per-group /
+per-super-chunk partial buffers summed by torch (deterministic, no atomics).
+
+:func:`selective_scan_triton_dt` is the same scan with the mixer's ``dt_proj`` fused in:
+it takes the low-rank ``dt [Bt, L, R]`` and ``dt_proj.weight [E, R]`` and every kernel
+forms ``delta = dt @ W.T`` itself (a sum over R per element), so the ``[Bt, L, E]`` delta
+is neither written nor read; ``d dt`` and ``d W`` come from the gradient kernel's
+``d(raw delta)`` by two torch matmuls.
 """
 
 from __future__ import annotations
@@ -35,16 +53,26 @@ import torch
 import triton
 import triton.language as tl
 
-DEFAULT_CHUNK = 32  # tokens per chunk (a power of two)
-# Launch settings: the fastest of benchmarks/gpu/bench_gpu.py's sweep on an H100 at
-# E=64, L=2,097,152 (forward 7.5 ms; fwd+bwd 34.9 ms with 2 channels x 2 warps against
-# 51.4 ms with 4 x 4).
-FWD_BLOCK_E = 8  # channels per program, forward kernels
+# Launch settings: the fastest of benchmarks/gpu/bench_gpu.py's sweeps on an H200 at
+# E=64, L=2,097,152 (benchmarks/RESULTS.md), and what the whole-network rows there ran
+# with: forward alone 4.5 ms with 8-token chunks, 32 channels x 4 warps, walks of 128
+# chunks (6.9 ms with one 32-token chunk per program); forward + backward 32.3 ms with
+# 32-token chunks and 2 channels x 2 warps in backward (43 ms with 16-token chunks, 49 ms
+# with 4 channels per program).
+DEFAULT_CHUNK = 32  # tokens per chunk (a power of two) when a backward pass may follow
+INFER_CHUNK = 8  # tokens per chunk for a forward pass alone (nothing requires grad)
+FWD_BLOCK_E = 32  # channels per program, forward kernels
 BWD_BLOCK_E = 2  # channels per program, backward kernel (more live tiles)
 FWD_WARPS = 4
 BWD_WARPS = 2
 BWD_MIN_PROGRAMS = 8192  # backward: split channels over programs until this many run
 CARRY_BLOCK_K = 128  # chunk summaries scanned per step of the carry pass
+# Super-chunks: one program walks SUB consecutive chunks, the state in registers; only the
+# super-chunk summaries go through the (latency-bound) carry pass. SUB is the largest
+# value (<= *_MAX_SUB) that still leaves *_MIN_PROGRAMS programs; MAX_SUB = 1 turns it off.
+FWD_MIN_PROGRAMS = 8192  # forward kernels: programs to keep (super-chunks x blocks x Bt)
+FWD_MAX_SUB = 128
+BWD_MAX_SUB = 1  # backward (adjoint + gradient kernels): keeps BWD_MIN_PROGRAMS super-chunks x Bt
 
 
 # ---------------------------------------------------------------- device helpers
@@ -83,10 +111,25 @@ def _softplus(x):
 
 
 @triton.jit
-def _load_delta(d_ptr, bias_ptr, row_off, t, e, mask2, e_mask,
-                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Raw delta ``[T, BE]`` (+ bias) and the step size actually used (0 outside)."""
-    raw = tl.load(d_ptr + row_off, mask=mask2, other=0.0).to(tl.float32)
+def _load_delta(d_ptr, w_ptr, bias_ptr, tok_off, col_off, t_mask, e, mask2, e_mask, R,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FUSED_DT: tl.constexpr,
+                BR: tl.constexpr):
+    """Raw delta ``[T, BE]`` (+ bias) and the step size actually used (0 outside).
+
+    ``tok_off [T]`` are the tokens' offsets, ``col_off`` ``[T or 1, BE]`` the channels'.
+    With ``FUSED_DT`` ``d_ptr`` holds the low-rank ``dt [.., R]`` (unit last stride) and the
+    raw delta is ``dt @ W.T`` with ``W = w_ptr [E, R]`` (contiguous), summed here over R.
+    """
+    if FUSED_DT:
+        r = tl.arange(0, BR)
+        r_mask = r < R
+        x = tl.load(d_ptr + tok_off[:, None] + r[None, :], mask=t_mask[:, None] & r_mask[None, :],
+                    other=0.0).to(tl.float32)  # [T, BR]
+        w = tl.load(w_ptr + e[:, None] * R + r[None, :], mask=e_mask[:, None] & r_mask[None, :],
+                    other=0.0)  # [BE, BR]
+        raw = tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+    else:
+        raw = tl.load(d_ptr + tok_off[:, None] + col_off, mask=mask2, other=0.0).to(tl.float32)
     if HAS_BIAS:
         raw += tl.load(bias_ptr + e, mask=e_mask, other=0.0).to(tl.float32)[None, :]
     if SOFTPLUS:
@@ -101,36 +144,47 @@ def _load_delta(d_ptr, bias_ptr, row_off, t, e, mask2, e_mask,
 
 @triton.jit
 def _chunk_end_kernel(
-    u_ptr, d_ptr, b_ptr, a_ptr, bias_ptr, s_ptr, ds_ptr,
-    L, E, N, K,
+    u_ptr, d_ptr, w_ptr, b_ptr, a_ptr, bias_ptr, s_ptr, ds_ptr,
+    L, E, N, R, K, KS, SUB,
     su_b, su_t, sd_b, sd_t, sb_b, sb_t,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FUSED_DT: tl.constexpr, BR: tl.constexpr,
     T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
 ):
-    """End state of each chunk from a zero start: ``S[b, k] [E, N]``, ``DS[b, k] = sum(delta)``."""
-    k = tl.program_id(0)
+    """End state of super-chunk ``ks`` from a zero start: ``S[b, ks] [E, N]``, ``DS = sum(delta)``.
+
+    Walks the super-chunk's ``SUB`` chunks of ``T`` tokens in order (fewer in the last one),
+    the state ``[BE, BN]`` carried in registers from one chunk to the next.
+    """
+    ks = tl.program_id(0)
     e = tl.program_id(1) * BE + tl.arange(0, BE)
     bb = tl.program_id(2).to(tl.int64)
-    t = k * T + tl.arange(0, T)
     n = tl.arange(0, BN)
-    e_mask, n_mask, t_mask = e < E, n < N, t < L
-    mask2 = t_mask[:, None] & e_mask[None, :]
-    t64 = t.to(tl.int64)
-    _, dt = _load_delta(d_ptr + bb * sd_b, bias_ptr, t64[:, None] * sd_t + e[None, :], t, e,
-                        mask2, e_mask, HAS_BIAS, SOFTPLUS)
-    u = tl.load(u_ptr + bb * su_b + t64[:, None] * su_t + e[None, :], mask=mask2, other=0.0)
-    bm = tl.load(b_ptr + bb * sb_b + t64[:, None] * sb_t + n[None, :],
-                 mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
-    a_mat = _load_a_log2(a_ptr, e, n, N, e_mask[:, None] & n_mask[None, :])
-    a = tl.exp2(dt[:, :, None] * a_mat[None, :, :])
-    b = (dt * u.to(tl.float32))[:, :, None] * bm[:, None, :]
-    _, h = tl.associative_scan((a, b), 0, _combine)
+    e_mask, n_mask = e < E, n < N
+    en_mask = e_mask[:, None] & n_mask[None, :]
+    a_mat = _load_a_log2(a_ptr, e, n, N, en_mask)
     last = tl.arange(0, T)[:, None, None] == T - 1
-    h_end = tl.sum(tl.where(last, h, 0.0), axis=0)  # [BE, BN]
-    base = (bb * K + k) * E
-    tl.store(s_ptr + (base + e[:, None]) * N + n[None, :], h_end,
-             mask=e_mask[:, None] & n_mask[None, :])
-    tl.store(ds_ptr + base + e, tl.sum(dt, axis=0), mask=e_mask)
+    h = tl.zeros((BE, BN), tl.float32)
+    ds = tl.zeros((BE,), tl.float32)
+    k0 = ks * SUB
+    for j in range(0, tl.minimum(K - k0, SUB)):
+        t = (k0 + j) * T + tl.arange(0, T)
+        t_mask = t < L
+        mask2 = t_mask[:, None] & e_mask[None, :]
+        t64 = t.to(tl.int64)
+        _, dt = _load_delta(d_ptr + bb * sd_b, w_ptr, bias_ptr, t64 * sd_t, e[None, :], t_mask,
+                            e, mask2, e_mask, R, HAS_BIAS, SOFTPLUS, FUSED_DT, BR)
+        u = tl.load(u_ptr + bb * su_b + t64[:, None] * su_t + e[None, :], mask=mask2, other=0.0)
+        bm = tl.load(b_ptr + bb * sb_b + t64[:, None] * sb_t + n[None, :],
+                     mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
+        a = tl.exp2(dt[:, :, None] * a_mat[None, :, :])
+        b = (dt * u.to(tl.float32))[:, :, None] * bm[:, None, :]
+        pa, hl = tl.associative_scan((a, b), 0, _combine)
+        # masked tokens past L have a = 1, b = 0: the state passes through unchanged
+        h = tl.sum(tl.where(last, hl + pa * h[None, :, :], 0.0), axis=0)
+        ds += tl.sum(dt, axis=0)
+    base = (bb * KS + ks) * E
+    tl.store(s_ptr + (base + e[:, None]) * N + n[None, :], h, mask=en_mask)
+    tl.store(ds_ptr + base + e, ds, mask=e_mask)
 
 
 @triton.jit
@@ -138,7 +192,7 @@ def _carry_kernel(
     s_ptr, ds_ptr, a_ptr, E, N, K,
     REVERSE: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
 ):
-    """Chain the chunk summaries in place: ``S[k] <- exp(A DS[k]) S[k-1] + S[k]``.
+    """Chain the (super-)chunk summaries in place: ``S[k] <- exp(A DS[k]) S[k-1] + S[k]``.
 
     Forward (``REVERSE=False``) ``S[k]`` becomes the true state at the end of chunk k;
     reverse, ``S[k] <- exp(A DS[k]) S[k+1] + S[k]`` (the adjoint carried to chunk k's start).
@@ -172,47 +226,62 @@ def _carry_kernel(
 
 @triton.jit
 def _chunk_out_kernel(
-    u_ptr, d_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, z_ptr, bias_ptr, s_ptr, y_ptr,
-    L, E, N, K,
+    u_ptr, d_ptr, w_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, z_ptr, bias_ptr, s_ptr, y_ptr, h_ptr,
+    L, E, N, R, K, KS, SUB,
     su_b, su_t, sd_b, sd_t, sb_b, sb_t, sc_b, sc_t, sz_b, sz_t, sy_b, sy_t,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
+    FUSED_DT: tl.constexpr, BR: tl.constexpr,
+    STORE_STATES: tl.constexpr, T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
 ):
-    """Outputs of chunk k from its true start state ``S[k-1]``."""
-    k = tl.program_id(0)
+    """Outputs of super-chunk ``ks`` from its true start state ``S[ks-1]``.
+
+    Walks the super-chunk's chunks in order, the state carried in registers. With
+    ``STORE_STATES`` it also writes every chunk's true end state ``H[b, k] [E, N]`` (the
+    backward pass re-scans each chunk from ``H[b, k-1]``).
+    """
+    ks = tl.program_id(0)
     e = tl.program_id(1) * BE + tl.arange(0, BE)
     bb = tl.program_id(2).to(tl.int64)
-    t = k * T + tl.arange(0, T)
     n = tl.arange(0, BN)
-    e_mask, n_mask, t_mask = e < E, n < N, t < L
+    e_mask, n_mask = e < E, n < N
     en_mask = e_mask[:, None] & n_mask[None, :]
-    mask2 = t_mask[:, None] & e_mask[None, :]
-    tn_mask = t_mask[:, None] & n_mask[None, :]
-    t64 = t.to(tl.int64)
-    _, dt = _load_delta(d_ptr + bb * sd_b, bias_ptr, t64[:, None] * sd_t + e[None, :], t, e,
-                        mask2, e_mask, HAS_BIAS, SOFTPLUS)
-    u = tl.load(u_ptr + bb * su_b + t64[:, None] * su_t + e[None, :], mask=mask2,
-                other=0.0).to(tl.float32)
-    bm = tl.load(b_ptr + bb * sb_b + t64[:, None] * sb_t + n[None, :], mask=tn_mask,
-                 other=0.0).to(tl.float32)
-    cm = tl.load(c_ptr + bb * sc_b + t64[:, None] * sc_t + n[None, :], mask=tn_mask,
-                 other=0.0).to(tl.float32)
     a_mat = _load_a_log2(a_ptr, e, n, N, en_mask)
-    a = tl.exp2(dt[:, :, None] * a_mat[None, :, :])
-    b = (dt * u)[:, :, None] * bm[:, None, :]
-    pa, h = tl.associative_scan((a, b), 0, _combine)
-    h0 = tl.load(s_ptr + ((bb * K + tl.maximum(k - 1, 0)) * E + e[:, None]) * N + n[None, :],
-                 mask=en_mask, other=0.0)
-    h0 = tl.where(k > 0, h0, 0.0)  # the first chunk starts from zero
-    h = h + pa * h0[None, :, :]
-    y = tl.sum(h * cm[:, None, :], axis=2)  # [T, BE]
     if HAS_D:
-        y += u * tl.load(dskip_ptr + e, mask=e_mask, other=0.0)[None, :]
-    if HAS_Z:
-        z = tl.load(z_ptr + bb * sz_b + t64[:, None] * sz_t + e[None, :], mask=mask2,
+        dskip = tl.load(dskip_ptr + e, mask=e_mask, other=0.0)
+    last = tl.arange(0, T)[:, None, None] == T - 1
+    h = tl.load(s_ptr + ((bb * KS + tl.maximum(ks - 1, 0)) * E + e[:, None]) * N + n[None, :],
+                mask=tl.where(ks > 0, en_mask, False), other=0.0)  # the first starts from zero
+    k0 = ks * SUB
+    for j in range(0, tl.minimum(K - k0, SUB)):
+        k = k0 + j
+        t = k * T + tl.arange(0, T)
+        t_mask = t < L
+        mask2 = t_mask[:, None] & e_mask[None, :]
+        tn_mask = t_mask[:, None] & n_mask[None, :]
+        t64 = t.to(tl.int64)
+        _, dt = _load_delta(d_ptr + bb * sd_b, w_ptr, bias_ptr, t64 * sd_t, e[None, :], t_mask,
+                            e, mask2, e_mask, R, HAS_BIAS, SOFTPLUS, FUSED_DT, BR)
+        u = tl.load(u_ptr + bb * su_b + t64[:, None] * su_t + e[None, :], mask=mask2,
                     other=0.0).to(tl.float32)
-        y = y * z * tl.sigmoid(z)
-    tl.store(y_ptr + bb * sy_b + t64[:, None] * sy_t + e[None, :], y, mask=mask2)
+        bm = tl.load(b_ptr + bb * sb_b + t64[:, None] * sb_t + n[None, :], mask=tn_mask,
+                     other=0.0).to(tl.float32)
+        cm = tl.load(c_ptr + bb * sc_b + t64[:, None] * sc_t + n[None, :], mask=tn_mask,
+                     other=0.0).to(tl.float32)
+        a = tl.exp2(dt[:, :, None] * a_mat[None, :, :])
+        b = (dt * u)[:, :, None] * bm[:, None, :]
+        pa, hl = tl.associative_scan((a, b), 0, _combine)
+        hl = hl + pa * h[None, :, :]
+        h = tl.sum(tl.where(last, hl, 0.0), axis=0)
+        if STORE_STATES:
+            tl.store(h_ptr + ((bb * K + k) * E + e[:, None]) * N + n[None, :], h, mask=en_mask)
+        y = tl.sum(hl * cm[:, None, :], axis=2)  # [T, BE]
+        if HAS_D:
+            y += u * dskip[None, :]
+        if HAS_Z:
+            z = tl.load(z_ptr + bb * sz_b + t64[:, None] * sz_t + e[None, :], mask=mask2,
+                        other=0.0).to(tl.float32)
+            y = y * z * tl.sigmoid(z)
+        tl.store(y_ptr + bb * sy_b + t64[:, None] * sy_t + e[None, :], y, mask=mask2)
 
 
 # ---------------------------------------------------------------- backward kernels
@@ -233,147 +302,190 @@ def _gate_grad(dy_ptr, z_ptr, row_dy, row_z, mask2, HAS_Z: tl.constexpr):
 
 @triton.jit
 def _chunk_adj_kernel(
-    dy_ptr, z_ptr, d_ptr, c_ptr, a_ptr, bias_ptr, q_ptr,
-    L, E, N, K,
+    dy_ptr, z_ptr, d_ptr, w_ptr, c_ptr, a_ptr, bias_ptr, q_ptr, ds_ptr,
+    L, E, N, R, K, KS, SUB,
     sdy_b, sdy_t, sz_b, sz_t, sd_b, sd_t, sc_b, sc_t,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FLIP: tl.constexpr,
+    FUSED_DT: tl.constexpr, BR: tl.constexpr,
     T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
 ):
-    """Reverse pass of chunk k from a zero adjoint: ``Q[b, k] = a_s lambda_s`` at its first token s.
+    """Reverse pass of super-chunk ks from a zero adjoint: ``Q[b, ks] = a_s lambda_s`` at its
+    first token s, and ``DS[b, ks] = sum(delta)`` for the reverse carry.
 
-    With ``nu_t = a_t lambda_t``: ``nu_t = a_t (g_t C_t + nu_{t+1})``, a suffix scan.
+    With ``nu_t = a_t lambda_t``: ``nu_t = a_t (g_t C_t + nu_{t+1})``, a suffix scan per chunk;
+    the chunks are walked last to first with ``nu`` carried in registers.
     """
-    k = tl.program_id(0)
+    ks = tl.program_id(0)
     e = tl.program_id(1) * BE + tl.arange(0, BE)
     bb = tl.program_id(2).to(tl.int64)
-    t = k * T + tl.arange(0, T)
     n = tl.arange(0, BN)
-    e_mask, n_mask, t_mask = e < E, n < N, t < L
+    e_mask, n_mask = e < E, n < N
     en_mask = e_mask[:, None] & n_mask[None, :]
-    mask2 = t_mask[:, None] & e_mask[None, :]
-    t64 = t.to(tl.int64)
-    _, dt = _load_delta(d_ptr + bb * sd_b, bias_ptr, t64[:, None] * sd_t + e[None, :], t, e,
-                        mask2, e_mask, HAS_BIAS, SOFTPLUS)
-    _, _, g = _gate_grad(dy_ptr + bb * sdy_b, z_ptr + bb * sz_b, t64[:, None] * sdy_t + e[None, :],
-                         t64[:, None] * sz_t + e[None, :], mask2, HAS_Z)
-    cm = tl.load(c_ptr + bb * sc_b + t64[:, None] * sc_t + n[None, :],
-                 mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
     a_mat = _load_a_log2(a_ptr, e, n, N, en_mask)
-    a = tl.exp2(dt[:, :, None] * a_mat[None, :, :])
-    _, nu = _scan_rev(a, a * (g[:, :, None] * cm[:, None, :]), FLIP)
     first = tl.arange(0, T)[:, None, None] == 0
-    q = tl.sum(tl.where(first, nu, 0.0), axis=0)
-    tl.store(q_ptr + ((bb * K + k) * E + e[:, None]) * N + n[None, :], q, mask=en_mask)
+    q = tl.zeros((BE, BN), tl.float32)
+    ds = tl.zeros((BE,), tl.float32)
+    k0 = ks * SUB
+    count = tl.minimum(K - k0, SUB)
+    for jj in range(0, count):
+        t = (k0 + count - 1 - jj) * T + tl.arange(0, T)
+        t_mask = t < L
+        mask2 = t_mask[:, None] & e_mask[None, :]
+        t64 = t.to(tl.int64)
+        _, dt = _load_delta(d_ptr + bb * sd_b, w_ptr, bias_ptr, t64 * sd_t, e[None, :], t_mask,
+                            e, mask2, e_mask, R, HAS_BIAS, SOFTPLUS, FUSED_DT, BR)
+        _, _, g = _gate_grad(dy_ptr + bb * sdy_b, z_ptr + bb * sz_b,
+                             t64[:, None] * sdy_t + e[None, :], t64[:, None] * sz_t + e[None, :],
+                             mask2, HAS_Z)
+        cm = tl.load(c_ptr + bb * sc_b + t64[:, None] * sc_t + n[None, :],
+                     mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
+        a = tl.exp2(dt[:, :, None] * a_mat[None, :, :])
+        pa, nu = _scan_rev(a, a * (g[:, :, None] * cm[:, None, :]), FLIP)
+        # pa[0] = the chunk's whole decay, which carries the later chunks' nu to its start
+        q = tl.sum(tl.where(first, nu + pa * q[None, :, :], 0.0), axis=0)
+        ds += tl.sum(dt, axis=0)
+    base = (bb * KS + ks) * E
+    tl.store(q_ptr + (base + e[:, None]) * N + n[None, :], q, mask=en_mask)
+    tl.store(ds_ptr + base + e, ds, mask=e_mask)
 
 
 @triton.jit
 def _chunk_bwd_kernel(
-    u_ptr, d_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, z_ptr, bias_ptr, dy_ptr,
-    s_ptr, q_ptr,
+    u_ptr, d_ptr, w_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, z_ptr, bias_ptr, dy_ptr,
+    h_ptr, q_ptr, m_ptr,
     du_ptr, dd_ptr, dz_ptr, db_ptr, dc_ptr, da_ptr, dds_ptr, dbias_ptr,
-    L, E, N, K, Bt,
+    L, E, N, R, K, KS, SUB, Bt,
     su_b, su_t, sd_b, sd_t, sb_b, sb_t, sc_b, sc_t, sz_b, sz_t, sdy_b, sdy_t,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    FUSED_DT: tl.constexpr, BR: tl.constexpr,
     FLIP: tl.constexpr, T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
     BLOCKS_PER_PROG: tl.constexpr,
 ):
-    """All gradients of chunk k: ``h`` re-scanned forward, ``lambda`` backward, both exact.
+    """All gradients of super-chunk ks: per chunk, ``h`` re-scanned forward, ``lambda``
+    backward, both exact.
 
-    Each program handles ``BLOCKS_PER_PROG`` blocks of ``BE`` channels in turn. Writes
+    The chunks are walked last to first; chunk k starts from the stored true state
+    ``H[b, k-1]``; the adjoint entering the super-chunk's last chunk is ``Q[b, ks+1]`` (after
+    the reverse carry). Each program handles ``BLOCKS_PER_PROG`` blocks of ``BE`` channels
+    per chunk; what a block carries to the previous chunk (``mu = a_s lambda_s``, the running
+    ``dA, dD, d delta_bias`` sums) goes through this program's own slots of ``M`` and the
+    partial buffers (read back after a barrier; no other program touches them). Writes
     ``du, d delta, dz`` ``[Bt, L, E]`` (contiguous), per-group partials of ``dB, dC``
-    ``[groups, Bt, L, N]`` and per-chunk partials of ``dA [Bt, K, E, N]``,
-    ``dD, d delta_bias [Bt, K, E]``.
+    ``[groups, Bt, L, N]`` and per-super-chunk partials of ``dA [Bt, KS, E, N]``,
+    ``dD, d delta_bias [Bt, KS, E]``.
     """
-    k = tl.program_id(0)
+    ks = tl.program_id(0)
     group = tl.program_id(1)  # this program's group of channel blocks
     bb = tl.program_id(2).to(tl.int64)
-    t = k * T + tl.arange(0, T)
     n = tl.arange(0, BN)
-    n_mask, t_mask = n < N, t < L
-    tn_mask = t_mask[:, None] & n_mask[None, :]
-    t64 = t.to(tl.int64)
-    tn = t + 1  # the next token's decay multiplies the adjoint flowing back into t
-    bm = tl.load(b_ptr + bb * sb_b + t64[:, None] * sb_t + n[None, :], mask=tn_mask,
-                 other=0.0).to(tl.float32)
-    cm = tl.load(c_ptr + bb * sc_b + t64[:, None] * sc_t + n[None, :], mask=tn_mask,
-                 other=0.0).to(tl.float32)
+    n_mask = n < N
     rows = tl.arange(0, T)[:, None, None]
-    # dB, dC sum over channels: accumulate this group's blocks in registers
-    d_b = tl.zeros((T, BN), tl.float32)
-    d_c = tl.zeros((T, BN), tl.float32)
-    for i in range(BLOCKS_PER_PROG):
-        e = (group * BLOCKS_PER_PROG + i) * BE + tl.arange(0, BE)
-        e_mask = e < E
-        en_mask = e_mask[:, None] & n_mask[None, :]
-        mask2 = t_mask[:, None] & e_mask[None, :]
-        row_e = t64[:, None] * 0 + e[None, :]  # [T, BE] channel offsets
-        raw, dt = _load_delta(d_ptr + bb * sd_b, bias_ptr, t64[:, None] * sd_t + row_e, t, e,
-                              mask2, e_mask, HAS_BIAS, SOFTPLUS)
-        mask_n = (tn < L)[:, None] & e_mask[None, :]
-        _, dt_next = _load_delta(d_ptr + bb * sd_b, bias_ptr, (t64 + 1)[:, None] * sd_t + row_e,
-                                 tn, e, mask_n, e_mask, HAS_BIAS, SOFTPLUS)
-        u = tl.load(u_ptr + bb * su_b + t64[:, None] * su_t + row_e, mask=mask2,
-                    other=0.0).to(tl.float32)
-        a_mat = tl.load(a_ptr + e[:, None] * N + n[None, :], mask=en_mask, other=0.0)
-        a2 = a_mat * 1.4426950408889634
-        dy, z, g = _gate_grad(dy_ptr + bb * sdy_b, z_ptr + bb * sz_b,
-                              t64[:, None] * sdy_t + row_e, t64[:, None] * sz_t + row_e, mask2,
-                              HAS_Z)
+    k0 = ks * SUB
+    count = tl.minimum(K - k0, SUB)
+    has_next = ks + 1 < KS  # nothing flows back into the last super-chunk
+    # (scalar conditions enter masks through tl.where: the interpreter rejects `mask & cond`)
+    for jj in range(0, count):
+        k = k0 + count - 1 - jj
+        later = jj > 0  # a later chunk of this super-chunk left mu and the partial sums
+        first = has_next & (jj == 0)  # the adjoint enters from the next super-chunk
+        more = jj + 1 < count  # an earlier chunk of this super-chunk follows
+        t = k * T + tl.arange(0, T)
+        t_mask = t < L
+        tn_mask = t_mask[:, None] & n_mask[None, :]
+        t64 = t.to(tl.int64)
+        tn = t + 1  # the next token's decay multiplies the adjoint flowing back into t
+        bm = tl.load(b_ptr + bb * sb_b + t64[:, None] * sb_t + n[None, :], mask=tn_mask,
+                     other=0.0).to(tl.float32)
+        cm = tl.load(c_ptr + bb * sc_b + t64[:, None] * sc_t + n[None, :], mask=tn_mask,
+                     other=0.0).to(tl.float32)
+        # dB, dC sum over channels: accumulate this group's blocks in registers
+        d_b = tl.zeros((T, BN), tl.float32)
+        d_c = tl.zeros((T, BN), tl.float32)
+        for i in range(BLOCKS_PER_PROG):
+            e = (group * BLOCKS_PER_PROG + i) * BE + tl.arange(0, BE)
+            e_mask = e < E
+            en_mask = e_mask[:, None] & n_mask[None, :]
+            mask2 = t_mask[:, None] & e_mask[None, :]
+            row_e = t64[:, None] * 0 + e[None, :]  # [T, BE] channel offsets
+            raw, dt = _load_delta(d_ptr + bb * sd_b, w_ptr, bias_ptr, t64 * sd_t, row_e,
+                                  t_mask, e, mask2, e_mask, R, HAS_BIAS, SOFTPLUS, FUSED_DT, BR)
+            mask_n = (tn < L)[:, None] & e_mask[None, :]
+            _, dt_next = _load_delta(d_ptr + bb * sd_b, w_ptr, bias_ptr, (t64 + 1) * sd_t, row_e,
+                                     tn < L, e, mask_n, e_mask, R, HAS_BIAS, SOFTPLUS, FUSED_DT,
+                                     BR)
+            u = tl.load(u_ptr + bb * su_b + t64[:, None] * su_t + row_e, mask=mask2,
+                        other=0.0).to(tl.float32)
+            a_mat = tl.load(a_ptr + e[:, None] * N + n[None, :], mask=en_mask, other=0.0)
+            a2 = a_mat * 1.4426950408889634
+            dy, z, g = _gate_grad(dy_ptr + bb * sdy_b, z_ptr + bb * sz_b,
+                                  t64[:, None] * sdy_t + row_e, t64[:, None] * sz_t + row_e,
+                                  mask2, HAS_Z)
+            en_off = (e[:, None] * N + n[None, :]).to(tl.int64)  # [BE, BN]
+            own = (bb * KS + ks) * E * N + en_off  # this program's slots of M and dA
 
-        # forward states h_t from the chunk's true start state
-        a = tl.exp2(dt[:, :, None] * a2[None, :, :])
-        b = (dt * u)[:, :, None] * bm[:, None, :]
-        pa, h = tl.associative_scan((a, b), 0, _combine)
-        h0 = tl.load(s_ptr + ((bb * K + tl.maximum(k - 1, 0)) * E + e[:, None]) * N + n[None, :],
-                     mask=en_mask, other=0.0)
-        h0 = tl.where(k > 0, h0, 0.0)  # the first chunk starts from zero
-        h = h + pa * h0[None, :, :]
+            # forward states h_t from the chunk's true start state (zero for chunk 0)
+            a = tl.exp2(dt[:, :, None] * a2[None, :, :])
+            b = (dt * u)[:, :, None] * bm[:, None, :]
+            pa, h = tl.associative_scan((a, b), 0, _combine)
+            h0 = tl.load(h_ptr + (bb * K + tl.maximum(k - 1, 0)) * E * N + en_off,
+                         mask=tl.where(k > 0, en_mask, False), other=0.0)
+            h = h + pa * h0[None, :, :]
 
-        # adjoint lambda_t = g_t C_t + a_{t+1} lambda_{t+1}; mu = a_s' lambda_s' of chunk k+1
-        alpha = tl.exp2(dt_next[:, :, None] * a2[None, :, :])
-        alpha = tl.where(rows == T - 1, 1.0, alpha)
-        p_alpha, lam = _scan_rev(alpha, g[:, :, None] * cm[:, None, :], FLIP)
-        mu = tl.load(q_ptr + ((bb * K + tl.minimum(k + 1, K - 1)) * E + e[:, None]) * N
-                     + n[None, :], mask=en_mask, other=0.0)
-        mu = tl.where(k + 1 < K, mu, 0.0)  # nothing flows back into the last chunk
-        lam = lam + p_alpha * mu[None, :, :]
+            # adjoint lambda_t = g_t C_t + a_{t+1} lambda_{t+1}; mu = a_s' lambda_s' of the
+            # next chunk: from Q of the next super-chunk, or left in M by the later chunk
+            alpha = tl.exp2(dt_next[:, :, None] * a2[None, :, :])
+            alpha = tl.where(rows == T - 1, 1.0, alpha)
+            p_alpha, lam = _scan_rev(alpha, g[:, :, None] * cm[:, None, :], FLIP)
+            mu = tl.load(q_ptr + (bb * KS + tl.minimum(ks + 1, KS - 1)) * E * N + en_off,
+                         mask=tl.where(first, en_mask, False), other=0.0)
+            mu += tl.load(m_ptr + own, mask=tl.where(later, en_mask, False), other=0.0)
+            lam = lam + p_alpha * mu[None, :, :]
+            tl.store(m_ptr + own, tl.sum(tl.where(rows == 0, a * lam, 0.0), axis=0),
+                     mask=tl.where(more, en_mask, False))
 
-        # gradients; a_t h_{t-1} = h_t - b_t avoids a shifted state
-        ah = h - b
-        y_ssm = tl.sum(h * cm[:, None, :], axis=2)
-        lam_b = tl.sum(lam * bm[:, None, :], axis=2)  # [T, BE]
-        du = lam_b * dt
-        d_dt = lam_b * u + tl.sum(lam * ah * a_mat[None, :, :], axis=2)
-        d_b += tl.sum(lam * (dt * u)[:, :, None], axis=1)  # [T, BN]
-        d_c += tl.sum(h * g[:, :, None], axis=1)
-        d_a = tl.sum(lam * ah * dt[:, :, None], axis=0)  # [BE, BN]
-        if HAS_D:
-            dskip = tl.load(dskip_ptr + e, mask=e_mask, other=0.0)[None, :]
-            du += g * dskip
-            y_pre = y_ssm + dskip * u
-            d_skip = tl.sum(g * u, axis=0)
-        else:
-            y_pre = y_ssm
-            d_skip = tl.sum(g * 0.0, axis=0)
-        if HAS_Z:
-            sz = tl.sigmoid(z)
-            dz = dy * y_pre * sz * (1.0 + z * (1.0 - sz))
-            tl.store(dz_ptr + bb * L * E + t64[:, None] * E + row_e, dz, mask=mask2)
-        if SOFTPLUS:
-            d_raw = d_dt * tl.sigmoid(raw)
-        else:
-            d_raw = d_dt
-        d_raw = tl.where(mask2, d_raw, 0.0)
-        out = bb * L * E + t64[:, None] * E + row_e
-        tl.store(du_ptr + out, du, mask=mask2)
-        tl.store(dd_ptr + out, d_raw, mask=mask2)
-        base = (bb * K + k) * E
-        tl.store(da_ptr + (base + e[:, None]) * N + n[None, :], d_a, mask=en_mask)
-        tl.store(dds_ptr + base + e, d_skip, mask=e_mask)
-        tl.store(dbias_ptr + base + e, tl.sum(d_raw, axis=0), mask=e_mask)
-    part = ((group * Bt + bb) * L + t64[:, None]) * N + n[None, :]
-    tl.store(db_ptr + part, d_b, mask=tn_mask)
-    tl.store(dc_ptr + part, d_c, mask=tn_mask)
+            # gradients; a_t h_{t-1} = h_t - b_t avoids a shifted state
+            ah = h - b
+            y_ssm = tl.sum(h * cm[:, None, :], axis=2)
+            lam_b = tl.sum(lam * bm[:, None, :], axis=2)  # [T, BE]
+            du = lam_b * dt
+            d_dt = lam_b * u + tl.sum(lam * ah * a_mat[None, :, :], axis=2)
+            d_b += tl.sum(lam * (dt * u)[:, :, None], axis=1)  # [T, BN]
+            d_c += tl.sum(h * g[:, :, None], axis=1)
+            d_a = tl.sum(lam * ah * dt[:, :, None], axis=0)  # [BE, BN]
+            if HAS_D:
+                dskip = tl.load(dskip_ptr + e, mask=e_mask, other=0.0)[None, :]
+                du += g * dskip
+                y_pre = y_ssm + dskip * u
+                d_skip = tl.sum(g * u, axis=0)
+            else:
+                y_pre = y_ssm
+                d_skip = tl.sum(g * 0.0, axis=0)
+            if HAS_Z:
+                sz = tl.sigmoid(z)
+                dz = dy * y_pre * sz * (1.0 + z * (1.0 - sz))
+                tl.store(dz_ptr + bb * L * E + t64[:, None] * E + row_e, dz, mask=mask2)
+            if SOFTPLUS:
+                d_raw = d_dt * tl.sigmoid(raw)
+            else:
+                d_raw = d_dt
+            d_raw = tl.where(mask2, d_raw, 0.0)
+            out = bb * L * E + t64[:, None] * E + row_e
+            tl.store(du_ptr + out, du, mask=mask2)
+            tl.store(dd_ptr + out, d_raw, mask=mask2)
+            # running sums over the super-chunk's chunks, in a fixed order (deterministic)
+            d_a += tl.load(da_ptr + own, mask=tl.where(later, en_mask, False), other=0.0)
+            tl.store(da_ptr + own, d_a, mask=en_mask)
+            base = (bb * KS + ks) * E
+            d_skip += tl.load(dds_ptr + base + e, mask=tl.where(later, e_mask, False), other=0.0)
+            tl.store(dds_ptr + base + e, d_skip, mask=e_mask)
+            d_bias = tl.sum(d_raw, axis=0)
+            d_bias += tl.load(dbias_ptr + base + e, mask=tl.where(later, e_mask, False), other=0.0)
+            tl.store(dbias_ptr + base + e, d_bias, mask=e_mask)
+        part = ((group * Bt + bb) * L + t64[:, None]) * N + n[None, :]
+        tl.store(db_ptr + part, d_b, mask=tn_mask)
+        tl.store(dc_ptr + part, d_c, mask=tn_mask)
+        # what this chunk stored for the previous one may be read back by other threads
+        tl.debug_barrier()
 
 
 # ---------------------------------------------------------------- reverse-scan probe
@@ -449,6 +561,24 @@ def _check(u, delta, A, B, C, D, z, delta_bias) -> None:
             raise ValueError(f"{name} must be [E={e}], got {tuple(v.shape)}")
 
 
+def _check_chunk(u: torch.Tensor, chunk: int | None, tensors=()) -> int:
+    """The chunk length to use (a power of two); also rejects float64 inputs.
+
+    Default: ``DEFAULT_CHUNK`` when a backward pass may follow (any of ``tensors`` requires
+    grad), else ``INFER_CHUNK`` (the forward alone is fastest with shorter chunks).
+    """
+    if chunk is None:
+        grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in tensors)
+        chunk = DEFAULT_CHUNK if grad else INFER_CHUNK
+    chunk = int(chunk)
+    if chunk < 2 or chunk & (chunk - 1):
+        raise ValueError(f"chunk must be a power of two, got {chunk}")
+    if u.dtype == torch.float64:
+        raise ValueError("triton scan computes in float32; use the reference backend for float64")
+    return chunk
+
+
 def _interpreting() -> bool:
     import os
 
@@ -462,33 +592,66 @@ def _flip_mode(device: torch.device) -> bool:
     return _reverse_scan_needs_flip(index)
 
 
-def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk):
-    """Launch the three forward stages; returns ``y`` and the chunk end states ``S``, ``DS``."""
+def _sub_chunks(chunks: int, others: int, min_programs: int, max_sub: int) -> int:
+    """Chunks of ``T`` tokens per super-chunk (one program walks them in a loop).
+
+    As many as keep at least ``min_programs`` programs (``chunks / sub * others``, where
+    ``others`` counts the programs per chunk), between 1 and ``max_sub``: long sequences get
+    few, long-running programs and a short carry pass; short ones stay one chunk a program.
+    """
+    return max(1, min(int(max_sub), chunks * others // max(int(min_programs), 1)))
+
+
+def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk, store_states, w):
+    """Launch the three forward stages; returns ``y`` and, with ``store_states``, the true
+    end state of every chunk ``H [Bt, K, E, N]`` (else None).
+
+    With ``w`` (``dt_proj`` weight ``[E, R]``, float32 contiguous) ``delta`` is the low-rank
+    ``dt [Bt, L, R]`` and the kernels form ``delta = dt @ w.T`` themselves.
+    """
     bt, length, e = u.shape
     n = A.shape[1]
+    fused = _dt_args(w, A)
     bn = _pow2(n)
     k = triton.cdiv(length, chunk)
-    S = torch.empty(bt, k, e, n, device=u.device, dtype=torch.float32)
-    DS = torch.empty(bt, k, e, device=u.device, dtype=torch.float32)
+    e_blocks = triton.cdiv(e, FWD_BLOCK_E)
+    sub = _sub_chunks(k, e_blocks * bt, FWD_MIN_PROGRAMS, FWD_MAX_SUB)
+    ks = triton.cdiv(k, sub)
+    S = torch.empty(bt, ks, e, n, device=u.device, dtype=torch.float32)
+    DS = torch.empty(bt, ks, e, device=u.device, dtype=torch.float32)
     dummy = A  # placeholder pointer for absent optional tensors
-    grid = (k, triton.cdiv(e, FWD_BLOCK_E), bt)
+    grid = (ks, e_blocks, bt)
     _chunk_end_kernel[grid](
-        u, delta, B, A, delta_bias if delta_bias is not None else dummy, S, DS,
-        length, e, n, k, *_bt_strides(u), *_bt_strides(delta), *_bt_strides(B),
-        HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, T=chunk, BE=FWD_BLOCK_E, BN=bn,
+        u, delta, fused["w"], B, A, delta_bias if delta_bias is not None else dummy, S, DS,
+        length, e, n, fused["R"], k, ks, sub, *_bt_strides(u), *_bt_strides(delta),
+        *_bt_strides(B), HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+        FUSED_DT=fused["FUSED_DT"], BR=fused["BR"], T=chunk, BE=FWD_BLOCK_E, BN=bn,
         num_warps=FWD_WARPS,
     )
     _carry(S, DS, A, reverse=False)
+    # one chunk per super-chunk: the carried summaries already are the chunk end states
+    H = S if store_states and sub == 1 else None
+    if store_states and sub > 1:
+        H = torch.empty(bt, k, e, n, device=u.device, dtype=torch.float32)
     y = torch.empty(bt, length, e, device=u.device, dtype=u.dtype)
     _chunk_out_kernel[grid](
-        u, delta, B, C, A, D if D is not None else dummy, z if z is not None else u,
-        delta_bias if delta_bias is not None else dummy, S, y,
-        length, e, n, k, *_bt_strides(u), *_bt_strides(delta), *_bt_strides(B),
-        *_bt_strides(C), *_bt_strides(z), *_bt_strides(y),
+        u, delta, fused["w"], B, C, A, D if D is not None else dummy, z if z is not None else u,
+        delta_bias if delta_bias is not None else dummy, S, y, H if H is not None else dummy,
+        length, e, n, fused["R"], k, ks, sub, *_bt_strides(u), *_bt_strides(delta),
+        *_bt_strides(B), *_bt_strides(C), *_bt_strides(z), *_bt_strides(y),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus, T=chunk, BE=FWD_BLOCK_E, BN=bn, num_warps=FWD_WARPS,
+        SOFTPLUS=softplus, FUSED_DT=fused["FUSED_DT"], BR=fused["BR"],
+        STORE_STATES=store_states and sub > 1, T=chunk, BE=FWD_BLOCK_E, BN=bn,
+        num_warps=FWD_WARPS,
     )
-    return y, S, DS
+    return y, H
+
+
+def _dt_args(w: torch.Tensor | None, dummy: torch.Tensor) -> dict:
+    """Kernel arguments for the fused ``dt @ w.T`` (``w [E, R]``), or for a plain delta."""
+    if w is None:
+        return dict(w=dummy, R=1, FUSED_DT=False, BR=1)
+    return dict(w=w, R=w.shape[1], FUSED_DT=True, BR=_pow2(w.shape[1]))
 
 
 def _carry(S: torch.Tensor, DS: torch.Tensor, A: torch.Tensor, reverse: bool) -> None:
@@ -501,11 +664,11 @@ def _carry(S: torch.Tensor, DS: torch.Tensor, A: torch.Tensor, reverse: bool) ->
 
 
 def _channel_groups(blocks: int, chunks: int) -> tuple[int, int]:
-    """Split ``blocks`` channel blocks into groups, one program per (chunk, group).
+    """Split ``blocks`` channel blocks into groups, one program per (super-chunk, group).
 
     A program sums ``dB, dC`` over its group's channels in registers; the groups' partial
     sums (``[groups, Bt, L, N]``) are added by torch. Few groups when there are many
-    chunks (little partial traffic), more when chunks alone don't fill the GPU.
+    super-chunks (little partial traffic), more when they alone don't fill the GPU.
     """
     groups = min(blocks, max(1, triton.cdiv(BWD_MIN_PROGRAMS, chunks)))
     per_prog = triton.cdiv(blocks, groups)
@@ -514,62 +677,80 @@ def _channel_groups(blocks: int, chunks: int) -> tuple[int, int]:
 
 class _TritonScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, chunk):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, chunk, dt_weight=None):
+        """``dt_weight [E, R]`` given: ``delta`` is the low-rank ``dt [Bt, L, R]``."""
         A32 = A.float().contiguous()
         D32 = None if D is None else D.float().contiguous()
         bias32 = None if delta_bias is None else delta_bias.float().contiguous()
-        y, S, DS = _forward(u, delta, A32, B, C, D32, z, bias32, softplus, chunk)
-        ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, S, DS)
+        w32 = None if dt_weight is None else dt_weight.float().contiguous()
+        # the chunk end states are only kept when a backward pass may come
+        y, H = _forward(u, delta, A32, B, C, D32, z, bias32, softplus, chunk,
+                        store_states=any(ctx.needs_input_grad), w=w32)
+        ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, H, w32)
         ctx.softplus, ctx.chunk = softplus, chunk
         ctx.dtypes = (A.dtype, None if D is None else D.dtype,
-                      None if delta_bias is None else delta_bias.dtype)
+                      None if delta_bias is None else delta_bias.dtype,
+                      None if dt_weight is None else dt_weight.dtype)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        u, delta, A, B, C, D, z, bias, S, DS = ctx.saved_tensors
+        u, delta, A, B, C, D, z, bias, H, w = ctx.saved_tensors
         dy = _unit_last(dy)
         bt, length, e = u.shape
         n = A.shape[1]
         bn = _pow2(n)
         chunk = ctx.chunk
-        k = S.shape[1]
+        k = H.shape[1]
         flip = _flip_mode(u.device)
         dummy = A
-        # adjoint at every chunk boundary: reverse local pass, then reverse carry
-        Q = torch.empty_like(S)
-        grid_f = (k, triton.cdiv(e, FWD_BLOCK_E), bt)
+        fused = _dt_args(w, A)
+        f32 = dict(device=u.device, dtype=torch.float32)
+        # super-chunks of the backward pass (its own policy; H is kept per chunk)
+        sub = _sub_chunks(k, bt, BWD_MIN_PROGRAMS, BWD_MAX_SUB)
+        ks = triton.cdiv(k, sub)
+        # adjoint at every super-chunk start: reverse local pass, then reverse carry
+        Q = torch.empty(bt, ks, e, n, **f32)
+        DS = torch.empty(bt, ks, e, **f32)
+        grid_f = (ks, triton.cdiv(e, FWD_BLOCK_E), bt)
         _chunk_adj_kernel[grid_f](
-            dy, z if z is not None else u, delta, C, A, bias if bias is not None else dummy, Q,
-            length, e, n, k, *_bt_strides(dy), *_bt_strides(z), *_bt_strides(delta),
-            *_bt_strides(C),
+            dy, z if z is not None else u, delta, fused["w"], C, A,
+            bias if bias is not None else dummy, Q, DS, length, e, n, fused["R"], k, ks, sub,
+            *_bt_strides(dy), *_bt_strides(z), *_bt_strides(delta), *_bt_strides(C),
             HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=ctx.softplus, FLIP=flip,
-            T=chunk, BE=FWD_BLOCK_E, BN=bn, num_warps=FWD_WARPS,
+            FUSED_DT=fused["FUSED_DT"], BR=fused["BR"], T=chunk, BE=FWD_BLOCK_E, BN=bn,
+            num_warps=FWD_WARPS,
         )
         _carry(Q, DS, A, reverse=True)
 
-        f32 = dict(device=u.device, dtype=torch.float32)
-        groups, per_prog = _channel_groups(triton.cdiv(e, BWD_BLOCK_E), bt * k)
+        groups, per_prog = _channel_groups(triton.cdiv(e, BWD_BLOCK_E), bt * ks)
         du = torch.empty(bt, length, e, **f32)
         dd = torch.empty(bt, length, e, **f32)
         dz = torch.empty(bt, length, e, **f32) if z is not None else None
         dB = torch.empty(groups, bt, length, n, **f32)
         dC = torch.empty(groups, bt, length, n, **f32)
-        dA = torch.empty(bt, k, e, n, **f32)
-        dD = torch.empty(bt, k, e, **f32)
-        dbias = torch.empty(bt, k, e, **f32)
-        _chunk_bwd_kernel[(k, groups, bt)](
-            u, delta, B, C, A, D if D is not None else dummy, z if z is not None else u,
-            bias if bias is not None else dummy, dy, S, Q,
+        M = torch.empty(bt, ks, e, n, **f32)  # mu handed from chunk to chunk (scratch)
+        dA = torch.empty(bt, ks, e, n, **f32)
+        dD = torch.empty(bt, ks, e, **f32)
+        dbias = torch.empty(bt, ks, e, **f32)
+        _chunk_bwd_kernel[(ks, groups, bt)](
+            u, delta, fused["w"], B, C, A, D if D is not None else dummy,
+            z if z is not None else u, bias if bias is not None else dummy, dy, H, Q, M,
             du, dd, dz if dz is not None else du, dB, dC, dA, dD, dbias,
-            length, e, n, k, bt,
+            length, e, n, fused["R"], k, ks, sub, bt,
             *_bt_strides(u), *_bt_strides(delta), *_bt_strides(B), *_bt_strides(C),
             *_bt_strides(z), *_bt_strides(dy),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None,
-            SOFTPLUS=ctx.softplus, FLIP=flip, T=chunk, BE=BWD_BLOCK_E, BN=bn,
+            SOFTPLUS=ctx.softplus, FUSED_DT=fused["FUSED_DT"], BR=fused["BR"], FLIP=flip,
+            T=chunk, BE=BWD_BLOCK_E, BN=bn,
             BLOCKS_PER_PROG=per_prog, num_warps=BWD_WARPS,
         )
-        a_dt, d_dt, bias_dt = ctx.dtypes
+        a_dt, d_dt, bias_dt, w_dt = ctx.dtypes
+        d_w = None
+        if w is not None:  # dd is d(raw delta) [Bt, L, E]; raw delta = dt @ w.T
+            if ctx.needs_input_grad[10]:  # [E, R] = sum over tokens of dd^T dt
+                d_w = (dd.flatten(0, 1).T @ delta.flatten(0, 1).float()).to(w_dt)
+            dd = dd @ w  # d dt [Bt, L, R]
         grads = [
             du.to(u.dtype),
             dd.to(delta.dtype),
@@ -580,7 +761,7 @@ class _TritonScan(torch.autograd.Function):
             None if z is None else dz.to(z.dtype),
             None if bias is None else dbias.sum((0, 1)).to(bias_dt),
         ]
-        return (*grads, None, None)
+        return (*grads, None, None, d_w)
 
 
 def selective_scan_triton(
@@ -608,13 +789,57 @@ def selective_scan_triton(
         Differentiable with respect to every tensor argument.
     """
     _check(u, delta, A, B, C, D, z, delta_bias)
-    chunk = DEFAULT_CHUNK if chunk is None else int(chunk)
-    if chunk < 2 or chunk & (chunk - 1):
-        raise ValueError(f"chunk must be a power of two, got {chunk}")
-    if u.dtype == torch.float64:
-        raise ValueError("triton scan computes in float32; use the reference backend for float64")
+    chunk = _check_chunk(u, chunk, (u, delta, A, B, C, D, z, delta_bias))
     u, delta, B, C, z = (_unit_last(x) for x in (u, delta, B, C, z))
     return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), chunk)
 
 
-__all__ = ["DEFAULT_CHUNK", "selective_scan_triton"]
+def selective_scan_triton_dt(
+    u: torch.Tensor,
+    dt: torch.Tensor,
+    dt_weight: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """:func:`selective_scan_triton` with ``delta = dt @ dt_weight.T`` formed in the kernels.
+
+    Not used by the mixer: on an H200 at E=64, L=2,097,152 it measured 14.1 ms forward
+    against 4.8 ms for the plain entry fed by ``dt_proj``'s output (benchmarks/RESULTS.md);
+    the ``[T, BE, R]`` product-and-sum per tile costs more than the delta traffic it saves.
+
+    The mixer's ``dt_proj`` (without its bias, which goes in as ``delta_bias``) fused into
+    the scan: the ``[Bt, L, E]`` delta is never written; each pass rebuilds it from the
+    low-rank ``dt`` (a sum over R per element).
+
+    Args:
+        u, z: ``[Bt, L, E]``; dt: ``[Bt, L, R]`` (e.g. a column slice of the ``x_proj``
+            output, like B and C: unit last stride, any batch/token strides).
+        dt_weight: ``[E, R]`` (``dt_proj.weight``); the rest as in
+            :func:`selective_scan_triton`.
+
+    Returns:
+        ``y`` ``[Bt, L, E]`` in ``u``'s dtype. Differentiable with respect to every tensor
+        argument; ``d dt`` and ``d dt_weight`` come from the kernel's ``d(raw delta)`` by two
+        torch matmuls.
+    """
+    if dt.ndim != 3 or dt.shape[:2] != u.shape[:2]:
+        raise ValueError(f"dt must be [Bt, L, R] with Bt, L of u {tuple(u.shape[:2])}, "
+                         f"got {tuple(dt.shape)}")
+    if dt_weight.shape != (u.shape[-1], dt.shape[-1]):
+        raise ValueError(f"dt_weight must be [E, R] = {(u.shape[-1], dt.shape[-1])}, "
+                         f"got {tuple(dt_weight.shape)}")
+    # the shared checks, with u standing in for the [Bt, L, E] delta
+    _check(u, u, A, B, C, D, z, delta_bias)
+    chunk = _check_chunk(u, chunk, (u, dt, dt_weight, A, B, C, D, z, delta_bias))
+    u, dt, B, C, z = (_unit_last(x) for x in (u, dt, B, C, z))
+    return _TritonScan.apply(u, dt, A, B, C, D, z, delta_bias, bool(delta_softplus), chunk,
+                             dt_weight)
+
+
+__all__ = ["DEFAULT_CHUNK", "INFER_CHUNK", "selective_scan_triton", "selective_scan_triton_dt"]

@@ -1,0 +1,359 @@
+"""Fused causal depthwise conv1d + SiLU in Triton (CUDA), forward and backward.
+
+The Mamba mixer's short convolution on token-major tensors ``x [B, L, E]``::
+
+    y[b, t, e] = SiLU(bias[e] + sum_j weight[e, j] * x[b, t - (K-1) + j, e])
+
+with ``x = 0`` before the first token of every batch row (left padding ``K - 1``). The
+torch version (pad, K multiplies, K-1 adds, bias, SiLU) makes about eight passes over a
+``[B, L, E]`` tensor; here the forward is one read of ``x`` and one write of ``y``, the
+backward one read of ``x`` and ``dy`` and one write of ``dx``.
+
+Layout: a program owns ``BLOCK_L`` tokens x ``BLOCK_E`` channels of one batch row. The
+channels are the unit-stride axis, so every tile row is one coalesced load; the K shifted
+copies of the tile that a program reads (tokens ``t-K+1 .. t``) overlap and come from cache.
+The kernels take any batch/token strides (a ``split`` of ``in_proj``'s output is read in
+place) and need the channel stride to be 1 (other layouts are copied first).
+
+Backward recomputes the pre-activation instead of storing it. With
+``g[s] = dy[s] * SiLU'(pre[s])``::
+
+    dx[t]        = sum_j weight[j] * g[t + (K-1) - j]        (within the row)
+    dweight[e,j] = sum_{b,t} g[b,t,e] * x[b, t-(K-1)+j, e]
+    dbias[e]     = sum_{b,t} g[b,t,e]
+
+A backward program walks ``blocks_per_prog`` consecutive token blocks and writes its
+``dweight``/``dbias`` partial sums to a small float32 buffer ``[B, groups, K, E]`` that torch
+sums: deterministic, no atomics. All math is float32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Launch constants (not yet timed on a GPU: sweep them there). A tile is BLOCK_L x BLOCK_E
+# elements; BLOCK_E is clipped to next_pow2(E) at launch. Register counts from ptxas for
+# sm_90 (K=4, SiLU): forward 32x64 / 8 warps 48 registers (64x64 / 4 warps: 220, which
+# starves occupancy); backward 32x64 / 8 warps 122 registers, no spills (32x64 / 4 warps
+# spills).
+FWD_BLOCK_L = 32  # tokens per forward program
+FWD_BLOCK_E = 64  # channels per program (64 fp32 = 256 contiguous bytes per token row)
+FWD_WARPS = 8
+BWD_BLOCK_L = 32  # tokens per backward tile
+BWD_BLOCK_E = 64
+BWD_WARPS = 8
+# Backward: token blocks are grouped so that about this many programs run; fewer programs
+# means a smaller dweight/dbias partial buffer ([B, groups, K, E] float32), more means
+# more parallelism.
+BWD_MIN_PROGRAMS = 4096
+MAX_WIDTH = 8  # largest kernel width K supported
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# ---------------------------------------------------------------- device helpers
+
+
+@triton.jit
+def _pre_act(x_row, w_ptr, b_ptr, tok, e, e_mask, L, sx_t,
+             KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Pre-activation ``bias + sum_i w[i] x[tok - (K-1) + i]`` at tokens ``tok`` -> ``[BL, BE]``.
+
+    ``x`` is zero outside ``0 <= token < L`` of this row (causal padding; tokens past the end
+    only occur for backward rows whose gradient is masked to zero anyway).
+    """
+    acc = tl.zeros((tok.shape[0], e.shape[0]), tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + e, mask=e_mask, other=0.0)[None, :]
+    for i in tl.static_range(KSIZE):
+        src = tok - (KSIZE - 1) + i
+        m = ((src >= 0) & (src < L))[:, None] & e_mask[None, :]
+        xv = tl.load(x_row + src.to(tl.int64)[:, None] * sx_t + e[None, :], mask=m, other=0.0)
+        wv = tl.load(w_ptr + e * KSIZE + i, mask=e_mask, other=0.0)
+        acc += wv[None, :] * xv.to(tl.float32)
+    return acc
+
+
+@triton.jit
+def _grad_pre(x_row, dy_row, w_ptr, b_ptr, s, e, e_mask, L, sx_t, sdy_t,
+              KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr):
+    """``g = dy * SiLU'(pre)`` at output tokens ``s`` -> ``[BL, BE]`` (0 where ``s >= L``)."""
+    s_mask = (s < L)[:, None] & e_mask[None, :]
+    g = tl.load(dy_row + s.to(tl.int64)[:, None] * sdy_t + e[None, :], mask=s_mask,
+                other=0.0).to(tl.float32)
+    if ACT:
+        pre = _pre_act(x_row, w_ptr, b_ptr, s, e, e_mask, L, sx_t, KSIZE, HAS_BIAS)
+        sig = tl.sigmoid(pre)
+        g = g * sig * (1.0 + pre * (1.0 - sig))
+    return g
+
+
+# ---------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _conv_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    L, E, sx_b, sx_t,
+    KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr,
+):
+    """``y [B, L, E]`` (contiguous) for one (token block, channel block, batch row)."""
+    t = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    bb = tl.program_id(2).to(tl.int64)
+    e_mask = e < E
+    pre = _pre_act(x_ptr + bb * sx_b, w_ptr, b_ptr, t, e, e_mask, L, sx_t, KSIZE, HAS_BIAS)
+    if ACT:
+        out = pre * tl.sigmoid(pre)
+    else:
+        out = pre
+    mask = (t < L)[:, None] & e_mask[None, :]
+    off = (bb * L + t.to(tl.int64))[:, None] * E + e[None, :]
+    tl.store(y_ptr + off, out.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _conv_bwd_kernel(
+    x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr,
+    L, E, G, sx_b, sx_t, sdy_b, sdy_t,
+    KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCKS_PER_PROG: tl.constexpr,
+):
+    """``dx`` for ``BLOCKS_PER_PROG`` token blocks of one (group, channel block, batch row).
+
+    Writes ``dx [B, L, E]`` (contiguous) and this program's partial sums
+    ``dw [B, G, K, E]``, ``db [B, G, E]`` (float32).
+    """
+    grp = tl.program_id(0)
+    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    bb = tl.program_id(2).to(tl.int64)
+    e_mask = e < E
+    x_row = x_ptr + bb * sx_b
+    dy_row = dy_ptr + bb * sdy_b
+    kk = tl.arange(0, BLOCK_K)
+    dw_acc = tl.zeros((BLOCK_K, BLOCK_E), tl.float32)
+    db_acc = tl.zeros((BLOCK_E,), tl.float32)
+    for blk in range(BLOCKS_PER_PROG):
+        t = (grp * BLOCKS_PER_PROG + blk) * BLOCK_L + tl.arange(0, BLOCK_L)
+        # output token s = t + d reads x[t] through tap K-1-d; d = 0 is the block's own
+        # tokens, whose g also makes this block's share of the parameter gradients
+        g = _grad_pre(x_row, dy_row, w_ptr, b_ptr, t, e, e_mask, L, sx_t, sdy_t,
+                      KSIZE, HAS_BIAS, ACT)
+        dx = tl.load(w_ptr + e * KSIZE + (KSIZE - 1), mask=e_mask, other=0.0)[None, :] * g
+        db_acc += tl.sum(g, axis=0)
+        for j in tl.static_range(KSIZE):
+            src = t - (KSIZE - 1) + j
+            m = ((src >= 0) & (src < L))[:, None] & e_mask[None, :]
+            xv = tl.load(x_row + src.to(tl.int64)[:, None] * sx_t + e[None, :], mask=m,
+                         other=0.0).to(tl.float32)
+            dw_acc += tl.where(kk[:, None] == j, tl.sum(g * xv, axis=0)[None, :], 0.0)
+        # a runtime loop (not unrolled): one shifted tile live at a time keeps registers low
+        for d in range(1, KSIZE):
+            g = _grad_pre(x_row, dy_row, w_ptr, b_ptr, t + d, e, e_mask, L, sx_t, sdy_t,
+                          KSIZE, HAS_BIAS, ACT)
+            wv = tl.load(w_ptr + e * KSIZE + (KSIZE - 1 - d), mask=e_mask, other=0.0)
+            dx += wv[None, :] * g
+        mask = (t < L)[:, None] & e_mask[None, :]
+        off = (bb * L + t.to(tl.int64))[:, None] * E + e[None, :]
+        tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    part = bb * G + grp
+    tl.store(dw_ptr + (part * KSIZE + kk[:, None]) * E + e[None, :], dw_acc,
+             mask=(kk < KSIZE)[:, None] & e_mask[None, :])
+    tl.store(db_ptr + part * E + e, db_acc, mask=e_mask)
+
+
+# ---------------------------------------------------------------- host side
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _pow2(x: int) -> int:
+    return triton.next_power_of_2(max(int(x), 1))
+
+
+def _unit_last(x: torch.Tensor) -> torch.Tensor:
+    """The kernels take any batch/token strides but need the channel axis contiguous."""
+    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
+
+
+def _on_device(x: torch.Tensor):
+    """Launch on ``x``'s GPU (Triton launches on the current device)."""
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _bwd_groups(blocks: int, other_programs: int) -> tuple[int, int]:
+    """Split ``blocks`` token blocks into groups; returns ``(groups, blocks_per_prog)``.
+
+    Enough groups that about ``BWD_MIN_PROGRAMS`` programs run in all, as few as that
+    allows (each group writes one row of the partial-sum buffers).
+    """
+    groups = min(blocks, max(1, triton.cdiv(BWD_MIN_PROGRAMS, max(other_programs, 1))))
+    per_prog = triton.cdiv(blocks, groups)
+    return triton.cdiv(blocks, per_prog), per_prog
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> int:
+    """Validate the arguments; returns the kernel width K."""
+    for name, v in (("x", x), ("weight", weight), ("bias", bias)):
+        if v is not None and not isinstance(v, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
+    if x.device.type != "cuda" and not _interpreting():
+        raise ValueError(f"causal_conv1d_silu needs CUDA tensors (or TRITON_INTERPRET=1), "
+                         f"got x on {x.device}")
+    if x.ndim != 3:
+        raise ValueError(f"x must be [B, L, E], got shape {tuple(x.shape)}")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
+    e = x.shape[2]
+    if weight.ndim == 3 and weight.shape[1] == 1:
+        k = weight.shape[2]
+    elif weight.ndim == 2:
+        k = weight.shape[1]
+    else:
+        raise ValueError(f"weight must be [E, K] or [E, 1, K], got shape {tuple(weight.shape)}")
+    if weight.shape[0] != e:
+        raise ValueError(f"weight must have E={e} rows (x's channels), got {tuple(weight.shape)}")
+    if not 1 <= k <= MAX_WIDTH:
+        raise ValueError(f"kernel width K must be in 1..{MAX_WIDTH}, got {k}")
+    if bias is not None and bias.shape != (e,):
+        raise ValueError(f"bias must be [E={e}], got shape {tuple(bias.shape)}")
+    for name, v in (("weight", weight), ("bias", bias)):
+        if v is None:
+            continue
+        if v.device != x.device:
+            raise ValueError(f"{name} is on {v.device} but x is on {x.device}")
+        if not v.is_floating_point():
+            raise ValueError(f"{name} must be floating point, got {v.dtype}")
+    return k
+
+
+class _CausalConv1dSilu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, activation):
+        k = weight.shape[-1]
+        e = x.shape[2]
+        # fp32 parameters, [E, K] contiguous: what the kernels index (tiny copies)
+        w32 = weight.detach().reshape(e, k).float().contiguous()
+        b32 = None if bias is None else bias.detach().float().contiguous()
+        y = _forward(x, w32, b32, activation)
+        ctx.save_for_backward(x, w32, b32)
+        ctx.activation = activation
+        ctx.meta = (weight.shape, weight.dtype, None if bias is None else bias.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w32, b32 = ctx.saved_tensors
+        dx, dw, db = _backward(x, w32, b32, _unit_last(dy), ctx.activation)
+        w_shape, w_dtype, b_dtype = ctx.meta
+        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        return (
+            dx if need_x else None,
+            dw.reshape(w_shape).to(w_dtype) if need_w else None,
+            db.to(b_dtype) if (need_b and db is not None) else None,
+            None,
+        )
+
+
+def _forward(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor | None,
+             activation: bool) -> torch.Tensor:
+    """Launch the forward kernel: ``x [B, L, E]`` -> contiguous ``y [B, L, E]`` (x's dtype)."""
+    bsz, length, e = x.shape
+    k = w32.shape[1]
+    y = torch.empty(bsz, length, e, device=x.device, dtype=x.dtype)
+    if y.numel() == 0:
+        return y
+    block_l = min(FWD_BLOCK_L, _pow2(length))
+    block_e = min(FWD_BLOCK_E, _pow2(e))
+    grid = (triton.cdiv(length, block_l), triton.cdiv(e, block_e), bsz)
+    with _on_device(x):
+        _conv_fwd_kernel[grid](
+            x, w32, b32 if b32 is not None else w32, y,
+            length, e, x.stride(0), x.stride(1),
+            KSIZE=k, HAS_BIAS=b32 is not None, ACT=bool(activation),
+            BLOCK_L=block_l, BLOCK_E=block_e, num_warps=FWD_WARPS,
+        )
+    return y
+
+
+def _backward(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor | None, dy: torch.Tensor,
+              activation: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``dx [B, L, E]`` (x's dtype), ``dweight [E, K]`` and ``dbias [E]`` (float32)."""
+    bsz, length, e = x.shape
+    k = w32.shape[1]
+    dx = torch.empty(bsz, length, e, device=x.device, dtype=x.dtype)
+    if dx.numel() == 0:
+        dw = torch.zeros_like(w32)
+        return dx, dw, None if b32 is None else torch.zeros_like(b32)
+    block_l = min(BWD_BLOCK_L, _pow2(length))
+    block_e = min(BWD_BLOCK_E, _pow2(e))
+    e_blocks = triton.cdiv(e, block_e)
+    groups, per_prog = _bwd_groups(triton.cdiv(length, block_l), e_blocks * bsz)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    dw_part = torch.empty(bsz, groups, k, e, **f32)
+    db_part = torch.empty(bsz, groups, e, **f32)
+    with _on_device(x):
+        _conv_bwd_kernel[(groups, e_blocks, bsz)](
+            x, w32, b32 if b32 is not None else w32, dy, dx, dw_part, db_part,
+            length, e, groups, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1),
+            KSIZE=k, HAS_BIAS=b32 is not None, ACT=bool(activation),
+            BLOCK_L=block_l, BLOCK_E=block_e, BLOCK_K=_pow2(k), BLOCKS_PER_PROG=per_prog,
+            num_warps=BWD_WARPS,
+        )
+    dw = dw_part.sum((0, 1)).t()  # [K, E] -> [E, K]
+    db = None if b32 is None else db_part.sum((0, 1))
+    return dx, dw, db
+
+
+def causal_conv1d_silu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: bool = True,
+) -> torch.Tensor:
+    """``SiLU(causal depthwise conv1d(x))`` on token-major tensors, in one fused kernel.
+
+    ``y[b, t, e] = SiLU(bias[e] + sum_j weight[e, j] * x[b, t - (K-1) + j, e])`` with zeros
+    before the first token of each batch row; the same result as
+    ``F.silu(Mamba.causal_conv(x))``.
+
+    Args:
+        x: ``[B, L, E]`` float32, bfloat16 or float16 on CUDA (or on the CPU under
+            ``TRITON_INTERPRET=1``); any batch/token strides, unit channel stride (else
+            copied).
+        weight: ``[E, K]`` or ``[E, 1, K]`` (``nn.Conv1d(E, E, K, groups=E).weight``),
+            ``1 <= K <= MAX_WIDTH``.
+        bias: ``[E]`` or None.
+        activation: apply SiLU (``False``: the plain convolution).
+
+    Returns:
+        Contiguous ``y [B, L, E]`` in ``x``'s dtype (float32 accumulation). Differentiable
+        with respect to ``x``, ``weight`` and ``bias`` (gradients in their dtypes/shapes).
+
+    Raises:
+        ValueError: wrong shapes, dtypes or devices.
+    """
+    _check(x, weight, bias)
+    return _CausalConv1dSilu.apply(_unit_last(x), weight, bias, bool(activation))
+
+
+__all__ = [
+    "BWD_BLOCK_E",
+    "BWD_BLOCK_L",
+    "BWD_MIN_PROGRAMS",
+    "BWD_WARPS",
+    "FWD_BLOCK_E",
+    "FWD_BLOCK_L",
+    "FWD_WARPS",
+    "MAX_WIDTH",
+    "causal_conv1d_silu",
+]
