@@ -134,13 +134,15 @@ class LightMUNet(nn.Module):
         channels_last = self.channels_last
         if channels_last is None:
             channels_last = x.device.type == "cpu"
+        # channels-last memory (same values): the RVM layers' token view [B, L, C] is then
+        # free, and GroupNorm, pooling, convs and upsampling have kernels for it (on CUDA
+        # model/cuda_fast.py turns it on). On CUDA the layout changes after the stem, whose
+        # 3x3(x3) convolution cuDNN runs slowly on a channels-last input.
+        fmt = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
+        if channels_last and x.device.type != "cuda":
+            x = x.contiguous(memory_format=fmt)
         x = self.stem(x)
-        if channels_last:
-            # channels-last memory (same values): the RVM layers' token view [B, L, C] is
-            # then free, and GroupNorm, pooling, convs and upsampling have kernels for it
-            # (on CUDA model/cuda_fast.py turns it on). Converted after the stem: cuDNN runs
-            # the stem's 3x3(x3) convolution of a channels-last input slowly.
-            fmt = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
+        if channels_last and x.device.type == "cuda":
             x = x.contiguous(memory_format=fmt)
         skips = []
         for stage in self.down_stages:
