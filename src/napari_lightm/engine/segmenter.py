@@ -51,8 +51,9 @@ def _drain(gen: Generator[Progress, None, Any], progress: ProgressCallback | Non
 
 
 def _match_device_path(model: Any) -> None:
-    """On CUDA, the fused kernels and channels-last layout of ``model.cuda_fast`` (same
-    weights, same results to float rounding); elsewhere the plain modules."""
+    """On CUDA, the fast path of :mod:`napari_lightm.model.cuda_fast` (fused kernels,
+    channels-last layout; same weights, same results to float rounding); elsewhere the
+    plain modules."""
     from napari_lightm.model import cuda_fast
 
     params = next(model.parameters(), None)

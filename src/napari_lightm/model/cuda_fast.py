@@ -107,24 +107,6 @@ def _gn_relu(gn: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     return norms.group_norm_relu(x, gn.num_groups, gn.weight, gn.bias, gn.eps)
 
 
-def _fused_res_mamba_forward(block: ResMambaBlock, x: torch.Tensor) -> torch.Tensor:
-    y = block.rvm1(_gn_relu(block.norm1, x))
-    y = block.rvm2(_gn_relu(block.norm2, y))
-    return y + x
-
-
-def _fused_res_up_forward(block: ResUpBlock, x: torch.Tensor) -> torch.Tensor:
-    # the depthwise 3x3(x3) convolution in the default layout: cuDNN's channels-last grouped
-    # kernels run it one group at a time (25 ms for three 3D blocks at 128^3 on an H200,
-    # and seconds for the weight gradient in bf16), torch's own depthwise kernel does not
-    y = block.conv(_gn_relu(block.norm1, x).contiguous()) + block.skip_scale * x
-    return _gn_relu(block.norm2, y)
-
-
-def _fused_head_forward(head: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    return head[2](_gn_relu(head[0], x))
-
-
 def _is_head(module: nn.Module) -> bool:
     return (isinstance(module, nn.Sequential) and len(module) == 3
             and isinstance(module[0], nn.GroupNorm) and isinstance(module[1], nn.ReLU))
@@ -164,17 +146,25 @@ class _FastGroupNorm(nn.GroupNorm):
 
 class _FusedResMambaBlock(ResMambaBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _fused_res_mamba_forward(self, x)
+        y = self.rvm1(_gn_relu(self.norm1, x))
+        y = self.rvm2(_gn_relu(self.norm2, y))
+        return y + x
 
 
 class _FusedResUpBlock(ResUpBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _fused_res_up_forward(self, x)
+        # the depthwise 3x3(x3) convolution in the default layout: cuDNN's channels-last
+        # grouped kernels run it one group at a time (25 ms for three 3D blocks at 128^3 on
+        # an H200, seconds for the weight gradient in bf16); torch's own kernel does not
+        y = self.conv(_gn_relu(self.norm1, x).contiguous()) + self.skip_scale * x
+        return _gn_relu(self.norm2, y)
 
 
 class _FusedHead(nn.Sequential):
+    """The head ``GroupNorm, ReLU, DWConv`` with the first two as one kernel."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _fused_head_forward(self, x)
+        return self[2](_gn_relu(self[0], x))
 
 
 def _update_rvm(layer: RVMLayer) -> None:
@@ -207,9 +197,9 @@ def enable_fused_kernels(model: nn.Module, enabled: bool = True) -> int:
         elif _is_head(module):
             _swap(module, nn.Sequential, _FusedHead, enabled)
         else:
-            if hasattr(module, "channels_last"):
+            if hasattr(module, "channels_last"):  # the LightMUNet itself
                 module.channels_last = True if enabled else None
-            continue
+            continue  # not counted: no forward changed
         count += 1
     return count
 
