@@ -192,3 +192,19 @@ def test_sliding_window_with_cuda_graphs_matches_eager():
     eager = run(iter_sliding_window(net, volume, (32, 32), 3, cuda_graphs=False, **kw))
     graphed = run(iter_sliding_window(net, volume, (32, 32), 3, cuda_graphs=True, **kw))
     assert (graphed - eager).abs().max() <= 1e-5 * eager.abs().max()
+
+
+def test_graphed_inference_refuses_a_cpu_input_and_keeps_the_model_usable():
+    from napari_lightm.model.cuda_fast import GraphedInference
+
+    torch.manual_seed(0)
+    net = LightMUNet(2, 1, 2, init_filters=8, scan_backend="torch").eval()
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        before = net(x)
+    graphed = GraphedInference(net)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA input, got cpu"):
+        graphed(x)
+    assert graphed._graphs == {}  # nothing captured or cached
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), before, rtol=0, atol=0)
