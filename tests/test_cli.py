@@ -76,6 +76,22 @@ def test_predict_a_folder_keeps_the_geometry(model_path, xray_folder, tmp_path, 
     assert "[2/2]" in capsys.readouterr().out
 
 
+def test_predict_precision_is_checked_and_a_no_op_on_the_cpu(model_path, xray_folder, tmp_path,
+                                                             capsys):
+    src = str(xray_folder / "images" / "x0.mha")
+    out = {}
+    for precision in ("tf32", "fp32"):
+        dst = tmp_path / f"{precision}.mha"
+        args = ["predict", str(model_path), src, str(dst), "-q", "--device", "cpu"]
+        assert main(args + ["--precision", precision]) == 0
+        out[precision] = read_image(dst)[0]
+    assert (out["tf32"] == out["fp32"]).all()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(model_path), src, str(tmp_path / "x.mha"), "--precision", "fp16"])
+    assert exit_info.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
+    assert not (tmp_path / "x.mha").exists()
+
+
 def test_evaluate_writes_csv_and_json(model_path, xray_folder, tmp_path, capsys):
     preds = tmp_path / "pred"
     assert (

@@ -188,10 +188,34 @@ def test_sliding_window_with_cuda_graphs_matches_eager():
     net = randomize_small(LightMUNet(2, 1, 3, init_filters=16)).cuda().eval()
     enable_fast_path(net)
     volume = torch.randn(2, 1, 80, 72)
-    kw = dict(overlap=0.5, tta=True, tile_batch=3, amp=False)
+    kw = dict(overlap=0.5, tta=True, tile_batch=3, precision="fp32")
     eager = run(iter_sliding_window(net, volume, (32, 32), 3, cuda_graphs=False, **kw))
     graphed = run(iter_sliding_window(net, volume, (32, 32), 3, cuda_graphs=True, **kw))
     assert (graphed - eager).abs().max() <= 1e-5 * eager.abs().max()
+
+
+@pytest.mark.gpu
+def test_sliding_window_precisions_agree_and_restore_the_tf32_switches():
+    """tf32 (the CUDA default) stays close to full fp32, bf16 agrees on most voxels; the
+    global TF32 switches come back as they were."""
+    from napari_lightm.engine.inference import iter_sliding_window
+    from napari_lightm.engine.segmenter import _drain
+    from napari_lightm.model.cuda_fast import enable_fast_path
+
+    torch.manual_seed(0)
+    net = randomize_small(LightMUNet(3, 1, 3, init_filters=16)).cuda().eval()
+    enable_fast_path(net)
+    volume = torch.randn(1, 1, 48, 40, 40)
+    keep = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    out = {p: _drain(iter_sliding_window(net, volume, (32, 32, 32), 3, precision=p), None)
+           for p in ("fp32", "tf32", "bf16")}
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == keep
+    # (random weights: an H200 run gave tf32 0.061 of the logits' max 3.1 through 40 layers)
+    scale = out["fp32"].abs().max()
+    assert (out["tf32"] - out["fp32"]).abs().max() <= 5e-2 * scale
+    assert torch.isfinite(out["bf16"]).all()
+    for p, least in (("tf32", 0.99), ("bf16", 0.9)):
+        assert (out[p].argmax(1) == out["fp32"].argmax(1)).float().mean() >= least, p
 
 
 def test_graphed_inference_refuses_a_cpu_input_and_keeps_the_model_usable():

@@ -41,6 +41,29 @@ def test_single_tile_equals_a_plain_forward(seg2d):
     torch.testing.assert_close(logits, direct, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "fp32"])
+def test_precision_is_a_no_op_on_the_cpu(seg2d, precision):
+    """The CUDA precision choices leave CPU inference exactly as it is."""
+    x = torch.randn(1, 1, 32, 32)
+    logits = _drain(iter_sliding_window(seg2d.model, x, (32, 32), 3, precision=precision), None)
+    with torch.no_grad():
+        direct = seg2d.model(x)
+    torch.testing.assert_close(logits, direct, rtol=1e-5, atol=1e-5)
+    assert not torch.is_autocast_enabled()
+
+
+def test_unknown_precision_is_named_before_any_work(seg2d):
+    calls = []
+    seg2d.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="precision must be one of"):
+            _drain(iter_sliding_window(seg2d.model, torch.randn(1, 1, 32, 32), (32, 32), 3,
+                                       precision="fp16"), None)
+    finally:
+        seg2d.model._forward_pre_hooks.clear()
+    assert calls == []
+
+
 def test_windows_cover_the_image_with_overlap():
     slices = window_slices((40, 72), (32, 32), 0.5)
     covered = np.zeros((40, 72), int)

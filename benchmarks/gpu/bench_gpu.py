@@ -19,6 +19,7 @@ collect them in another file). Run: ``python benchmarks/gpu/bench_gpu.py [--quic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import sys
@@ -357,46 +358,6 @@ def kernel_timings() -> None:
                  "norms C=32; GB/s counts each tensor read or written once")
 
 
-@section("scan in the mixer's layout")
-def mixer_layout_scan() -> None:
-    """E=64, L=2M as the mixer calls it: delta given (contiguous) vs dt_proj fused
-    (``dt``, ``B``, ``C`` strided column views of one ``x_proj`` output ``[1, L, R + 2N]``)."""
-    e, length, r, n = 64, 2_097_152, 2, 16
-    u, delta, a, b, c, d, z, bias = scan_inputs(1, length, e)
-    xdbc = torch.randn(1, length, r + 2 * n, device=DEV)
-    dt, bv, cv = xdbc.split([r, n, n], dim=-1)
-    w = torch.randn(e, r, device=DEV) * 0.5
-    delta_full = torch.nn.functional.linear(dt, w)
-    rows = []
-    calls = {
-        "delta given, contiguous B/C": lambda: triton_scan.selective_scan_triton(
-            u, delta, a, b, c, d, z, bias, True),
-        "delta given (dt_proj output), strided B/C": lambda: triton_scan.selective_scan_triton(
-            u, delta_full, a, bv, cv, d, z, bias, True),
-        "dt_proj fused, strided dt/B/C": lambda: triton_scan.selective_scan_triton_dt(
-            u, dt, w, a, bv, cv, d, z, bias, True),
-    }
-    for label, fn in calls.items():
-        with torch.no_grad():
-            ms = cuda_time(fn, reps=10, warmup=2)
-        leaves = [u, z, xdbc, w]
-        for t in leaves:
-            t.requires_grad_(True)
-        try:
-            dt, bv, cv = xdbc.split([r, n, n], dim=-1)
-            fb = cuda_time(lambda f=fn: f().backward(torch.ones_like(u)), reps=3, warmup=1)
-        except Exception as exc:
-            fb = f"failed: {type(exc).__name__}"
-        for t in leaves:
-            t.requires_grad_(False)
-            t.grad = None
-        rows.append([label, ms, fb])
-    record("GPU: triton scan in the mixer's layout, E=64, L=2,097,152 (fp32)",
-           ["inputs", "fwd ms (no grad)", "fwd+bwd ms"], rows,
-           notes=f"chunks: {triton_scan.INFER_CHUNK} tokens without grad, "
-                 f"{triton_scan.DEFAULT_CHUNK} with")
-
-
 def fwd_bwd(backend: str, args):
     y, leaves = scan_call(backend, args, grad=True)
     y.backward(torch.ones_like(y))
@@ -459,8 +420,12 @@ def agreement(y: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return rel_err(y, ref), 100.0 * (y.argmax(1) == ref.argmax(1)).float().mean().item()
 
 
-def inference_variants(ours: LightMUNet, compile_: bool) -> list[tuple[str, object, bool]]:
-    """(label, callable network, bf16 autocast) for one case; official first when present."""
+def inference_variants(ours: LightMUNet, compile_: bool) -> list[tuple[str, object, str]]:
+    """(label, callable network, precision) for one case; official first when present.
+
+    precision: "fp32" (full-precision float32 matmuls, torch's default), "tf32" (float32
+    tensors, TF32 tensor-core matmuls and convolutions) or "bf16" (autocast).
+    """
     from napari_lightm.model.cuda_fast import (
         GraphedInference,
         enable_fast_norms,
@@ -470,29 +435,38 @@ def inference_variants(ours: LightMUNet, compile_: bool) -> list[tuple[str, obje
     out = []
     if is_available("mamba_ssm"):
         official = official_network(ours)
-        out += [("official (mamba_ssm.Mamba), fp32", official, False),
-                ("official (mamba_ssm.Mamba), bf16 autocast", official, True)]
+        out += [("official (mamba_ssm.Mamba), fp32", official, "fp32"),
+                ("official (mamba_ssm.Mamba), TF32 matmuls", official, "tf32"),
+                ("official (mamba_ssm.Mamba), bf16 autocast", official, "bf16")]
     fast_norms = copy.deepcopy(ours)
     enable_fast_norms(fast_norms)
     fused = copy.deepcopy(ours)
     how = enable_fast_path(fused)
-    out += [(f"ours ({ours.scan_backend}), plain modules, fp32", ours, False),
-            (f"ours ({ours.scan_backend}) + fast norms, fp32", fast_norms, False),
-            (f"ours ({ours.scan_backend}) + {how}, fp32", fused, False),
-            (f"ours ({ours.scan_backend}) + {how}, bf16 autocast", fused, True),
-            (f"ours ({ours.scan_backend}) + {how} + CUDA graph, fp32", GraphedInference(fused),
-             False),
-            (f"ours ({ours.scan_backend}) + {how} + CUDA graph, bf16 autocast",
-             GraphedInference(fused), True)]
+    name = f"ours ({ours.scan_backend})"
+    out += [(f"{name}, plain modules, fp32", ours, "fp32"),
+            (f"{name} + fast norms, fp32", fast_norms, "fp32"),
+            (f"{name} + {how}, fp32", fused, "fp32"),
+            (f"{name} + {how} + CUDA graph, fp32", GraphedInference(fused), "fp32"),
+            (f"{name} + {how} + CUDA graph, TF32 matmuls", GraphedInference(fused), "tf32"),
+            (f"{name} + {how} + CUDA graph, bf16 autocast", GraphedInference(fused), "bf16")]
     if compile_:
         compiled = torch.compile(copy.deepcopy(ours), dynamic=False)
-        out += [(f"ours ({ours.scan_backend}) torch.compile, fp32", compiled, False),
-                (f"ours ({ours.scan_backend}) torch.compile, bf16 autocast", compiled, True)]
+        out += [(f"{name} torch.compile, fp32", compiled, "fp32"),
+                (f"{name} torch.compile, bf16 autocast", compiled, "bf16")]
     return out
 
 
-def autocast(enabled: bool):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
+@contextlib.contextmanager
+def precision(mode: str):
+    """fp32 / tf32 / bf16 (see inference_variants) for the code inside."""
+    keep = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    torch.backends.cudnn.allow_tf32 = mode == "tf32" or keep[1]
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "bf16"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = keep
 
 
 @section("whole network: inference")
@@ -507,9 +481,9 @@ def network_inference(quick: bool, compile_: bool, cases: str = "3d,2d32,2d16") 
         ours = LightMUNet.from_config(cfg, dims, cin, cout).to(DEV).eval()
         x = torch.randn(*shape, device=DEV)
         base = ref = None
-        for label, net, amp in inference_variants(ours, compile_):
+        for label, net, mode in inference_variants(ours, compile_):
             try:
-                with torch.no_grad(), autocast(amp):
+                with torch.no_grad(), precision(mode):
                     t0 = time.time()
                     y = net(x)
                     torch.cuda.synchronize()
@@ -545,30 +519,29 @@ def network_training(quick: bool, compile_: bool) -> None:
     ours = LightMUNet.from_config("repo", 3, 1, 3).to(DEV)
     x = torch.randn(2, 1, 128, 128, 128, device=DEV)
     target = torch.randint(0, 3, (2, 128, 128, 128), device=DEV)
-    variants = []  # (label, network, bf16 autocast)
+    variants = []  # (label, network, precision: see inference_variants)
     if is_available("mamba_ssm"):
-        variants.append(("official (mamba_ssm.Mamba), fp32", official_network(ours), False))
+        official = official_network(ours)
+        variants += [("official (mamba_ssm.Mamba), fp32", official, "fp32"),
+                     ("official (mamba_ssm.Mamba), TF32 matmuls", official, "tf32")]
     fused = copy.deepcopy(ours)
     how = enable_fast_path(fused, training=True)
-    fused_keep = copy.deepcopy(ours)
-    how_keep = enable_fast_path(fused_keep, training=False)
     name = "ours (" + ours.scan_backend + ")"
-    variants += [(f"{name} + {how}, fp32", fused, False),
-                 (f"{name} + {how}, bf16 autocast", fused, True),
-                 (f"{name} + {how_keep}, bf16 autocast", fused_keep, True)]
+    variants += [(f"{name} + {how}, fp32", fused, "fp32"),
+                 (f"{name} + {how}, TF32 matmuls", fused, "tf32")]
     if compile_:
         plain = copy.deepcopy(ours)
         enable_rvm_checkpointing(plain, False)
         variants.append((f"{name} torch.compile, bf16 autocast",
-                         torch.compile(plain, dynamic=False), True))
+                         torch.compile(plain, dynamic=False), "bf16"))
     del ours
     rows, base = [], None
-    for label, net, amp in variants:
+    for label, net, mode in variants:
         opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-5, eps=1e-5)
 
-        def step(net=net, opt=opt, amp=amp):
+        def step(net=net, opt=opt, mode=mode):
             opt.zero_grad(set_to_none=True)
-            with autocast(amp):
+            with precision(mode):
                 loss = torch.nn.functional.cross_entropy(net(x), target)
             loss.backward()
             opt.step()
@@ -603,12 +576,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--skip-network", action="store_true")
     parser.add_argument("--skip-scan", action="store_true", help="no sweep / scan timings")
+    parser.add_argument("--skip-sweep", action="store_true",
+                        help="scan timings with the default launch settings, no sweep")
+    parser.add_argument("--skip-kernels", action="store_true", help="no fused-kernel table")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--cases", default="3d,2d32,2d16", help="inference cases")
     opts = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU")
-    print(torch.cuda.get_device_name(0), "torch", torch.__version__, "mamba_ssm:",
+    import triton
+
+    print(torch.cuda.get_device_name(0), "torch", torch.__version__, "triton", triton.__version__,
+          "mamba_ssm:",
           is_available("mamba_ssm"), "triton:", is_available("triton"), flush=True)
     print("reverse scan needs flip:", triton_scan._flip_mode(DEV), flush=True)
     rows: list = []
@@ -619,14 +598,16 @@ def main() -> None:
     record("GPU: parity (max |diff| / max |ref|)", ["check", "shape", "output", "gradients"],
            rows, notes="acceptance: <= 1e-4 (fp32 inputs); bf16 rows show input rounding")
     if not opts.skip_scan:
-        kernel_timings()
-        best = triton_sweep()
-        rows = []
-        parity_reference(rows)
-        record("GPU: parity of triton with the settings chosen by the sweep", ["check", "shape",
-               "output", "gradients"], rows)
-        scan_timings(best[0] if best else triton_scan.DEFAULT_CHUNK, opts.quick)
-        mixer_layout_scan()
+        if not opts.skip_kernels:
+            kernel_timings()
+        best = None
+        if not opts.skip_sweep:
+            best = triton_sweep()
+            rows = []
+            parity_reference(rows)
+            record("GPU: parity of triton with the settings chosen by the sweep",
+                   ["check", "shape", "output", "gradients"], rows)
+        scan_timings(best[0] if best else triton_scan.INFER_CHUNK, opts.quick)
     if not opts.skip_network:
         network_inference(opts.quick, opts.compile, opts.cases)
         network_training(opts.quick, opts.compile)

@@ -107,6 +107,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from napari_lightm.io import read_image, write_labels
 
     seg = Segmenter.load(args.model, device=args.device)
+    seg.precision = args.precision
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():
         raise CLIError(f"input not found: {src}")
@@ -328,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (0.5)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
+    p.add_argument(
+        "--precision",
+        choices=("tf32", "bf16", "fp32"),
+        default="tf32",
+        help="CUDA matmul precision: tf32 (default; float32 tensors, TF32 tensor cores), "
+        "bf16 (autocast) or fp32 (full precision); ignored on the CPU",
+    )
     common(p)
     p.set_defaults(func=cmd_predict)
 

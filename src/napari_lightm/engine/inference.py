@@ -10,13 +10,16 @@ window, as nnU-Net and MONAI) come from MONAI.
 - Spatial sizes are padded (constant 0, i.e. the normalised mean) to a multiple of 8 and
   at least the window; the window is the model's patch size, shrunk to the padded image.
 - Mirroring TTA averages the logits over flips of every subset of spatial axes.
-- On CUDA: autocast (bfloat16 where supported, else float16); the selective scan itself
-  always runs in float32 (see :func:`napari_lightm.model.scan.selective_scan`). If a
-  tile batch runs out of GPU memory it is halved and retried (down to 1).
+- On CUDA the default precision is ``"tf32"``: float32 activations, TF32 tensor-core
+  matmuls and convolutions (what training uses too). ``"bf16"`` autocasts (measured slower
+  with our fused kernels on an H200: benchmarks/RESULTS.md), ``"fp32"`` keeps full-precision
+  matmuls. The selective scan's state is float32 in every case. If a tile batch runs out
+  of GPU memory it is halved and retried (down to 1).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Generator, Sequence
@@ -65,20 +68,38 @@ def mirror_axes(spatial_dims: int, tta: bool) -> list[tuple[int, ...]]:
 GRAPH_MIN_CALLS = 8  # model calls from which sliding-window inference uses CUDA graphs
 
 
-def autocast_context(device: torch.device, enabled: bool = True):
-    """Autocast on CUDA (bf16 if supported, else fp16); a no-op elsewhere."""
-    if device.type != "cuda" or not enabled:
-        return torch.autocast(device_type="cpu", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+PRECISIONS = ("tf32", "bf16", "fp32")
+
+
+@contextlib.contextmanager
+def precision_context(device: torch.device, precision: str = "tf32"):
+    """Inference precision on CUDA (see the module docstring); a no-op elsewhere.
+
+    The TF32 switches are torch-global: they are set for the code inside and restored after.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if device.type != "cuda":
+        yield
+        return
+    keep = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32" or keep[1]
+    half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        with torch.autocast(device_type="cuda", dtype=half, enabled=precision == "bf16"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = keep
 
 
 def mirrored_logits(
-    model: torch.nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]], amp: bool = True
+    model: torch.nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]],
+    precision: str = "tf32",
 ) -> torch.Tensor:
     """Logits ``[B, K, *W]`` float32 averaged over the mirror flips (``[()]`` = plain)."""
     total = None
-    with torch.no_grad(), autocast_context(x.device, amp):
+    with torch.no_grad(), precision_context(x.device, precision):
         for f in flips:
             y = model(x.flip(f) if f else x).float()
             y = y.flip(f) if f else y
@@ -95,7 +116,7 @@ def iter_sliding_window(
     overlap: float = 0.5,
     tta: bool = False,
     tile_batch: int | None = None,
-    amp: bool = True,
+    precision: str = "tf32",
     cancel: CancelToken | None = None,
     stage: str = "predict",
     cuda_graphs: bool = True,
@@ -110,7 +131,7 @@ def iter_sliding_window(
         overlap: window overlap fraction (0.5 = nnU-Net / the authors).
         tta: mirroring test-time augmentation.
         tile_batch: tiles per forward (default 4 on CUDA, 1 elsewhere); halves on OOM.
-        amp: autocast on CUDA.
+        precision: on CUDA, ``"tf32"``, ``"bf16"`` or ``"fp32"`` (module docstring).
         cancel: checked between tiles; raises :class:`Cancelled`.
         cuda_graphs: on CUDA, replay each tile batch shape from a captured CUDA graph
             (:class:`~napari_lightm.model.cuda_fast.GraphedInference`) when there are at
@@ -123,6 +144,8 @@ def iter_sliding_window(
     from monai.data.utils import compute_importance_map
 
     device = next(model.parameters()).device
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     n_planes, _, *size = volume.shape
     nd = len(size)
     if len(patch_size) != nd:
@@ -156,7 +179,7 @@ def iter_sliding_window(
         chunk = tiles[done : done + batch]
         x = torch.stack([volume[(p, slice(None), *sl)] for p, sl in chunk])
         try:
-            logits = mirrored_logits(model, x.to(device, torch.float32), flips, amp)
+            logits = mirrored_logits(model, x.to(device, torch.float32), flips, precision)
         except torch.cuda.OutOfMemoryError:
             if batch == 1:
                 raise

@@ -81,6 +81,8 @@ class Segmenter:
         patch_size: training / inference window, array order, model spatial axes.
         version: 0 for a new model, +1 per training or fine-tuning run.
         history: one dict per training / fine-tuning run.
+        precision: CUDA inference precision, ``"tf32"`` (default), ``"bf16"`` or ``"fp32"``
+            (:mod:`napari_lightm.engine.inference`); no effect on the CPU.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class Segmenter:
         self.patch_size = tuple(int(p) for p in patch_size)
         self.version = int(version)
         self.history = [dict(h) for h in history]
+        self.precision = "tf32"
 
     # --- construction -----------------------------------------------------------
     @classmethod
@@ -443,6 +446,7 @@ class Segmenter:
             tta=tta,
             cancel=cancel,
             tile_batch=tile_batch,
+            precision=self.precision,
         )
         out = resample_shape(logits.numpy(), in_plane, order=1)  # [P, K, *S]
         out = out.transpose(1, 0, 2, 3) if slice_mode else out[0]

@@ -128,8 +128,9 @@ class Mamba(nn.Module):
         z = F.linear(u, w_z)
         dt, b, c = self.x_proj(x).split([r, n, n], dim=-1)
         a = -torch.exp(self.A_log.float())
-        # delta is formed here, not inside the scan: the triton scan's fused-dt_proj entry
-        # measured 3x slower on an H200 (benchmarks/RESULTS.md, "scan in the mixer's layout")
+        # delta is formed here, not inside the scan: a triton scan with dt_proj fused in
+        # measured 3x slower on an H200 (benchmarks/RESULTS.md, "scan in the mixer's
+        # layout") and was removed
         delta = F.linear(dt, self.dt_proj.weight)  # bias + softplus happen in the scan
         y = _scan(x, delta, a, b, c, self.D.float(), z, self.dt_proj.bias.float(),
                   self.scan_backend)

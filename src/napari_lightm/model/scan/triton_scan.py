@@ -37,17 +37,12 @@ forward from the stored ``H`` and ``lambda`` backward from the adjoint handed on
 later chunk, and forms all gradients. The cross-channel sums (``dB``, ``dC``) and the
 parameter sums (``dA``, ``dD``, ``d delta_bias``) go through small per-group /
 per-super-chunk partial buffers summed by torch (deterministic, no atomics).
-
-:func:`selective_scan_triton_dt` is the same scan with the mixer's ``dt_proj`` fused in:
-it takes the low-rank ``dt [Bt, L, R]`` and ``dt_proj.weight [E, R]`` and every kernel
-forms ``delta = dt @ W.T`` itself (a sum over R per element), so the ``[Bt, L, E]`` delta
-is neither written nor read; ``d dt`` and ``d W`` come from the gradient kernel's
-``d(raw delta)`` by two torch matmuls.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -58,7 +53,8 @@ import triton.language as tl
 # with: forward alone 4.5 ms with 8-token chunks, 32 channels x 4 warps, walks of 128
 # chunks (6.9 ms with one 32-token chunk per program); forward + backward 32.3 ms with
 # 32-token chunks and 2 channels x 2 warps in backward (43 ms with 16-token chunks, 49 ms
-# with 4 channels per program).
+# with 4 channels per program). With the approximate exp2 / log2 (_FAST_MATH): 4.3 and
+# 31.3 ms.
 DEFAULT_CHUNK = 32  # tokens per chunk (a power of two) when a backward pass may follow
 INFER_CHUNK = 8  # tokens per chunk for a forward pass alone (nothing requires grad)
 FWD_BLOCK_E = 32  # channels per program, forward kernels
@@ -73,7 +69,9 @@ CARRY_BLOCK_K = 128  # chunk summaries scanned per step of the carry pass
 FWD_MIN_PROGRAMS = 8192  # forward kernels: programs to keep (super-chunks x blocks x Bt)
 FWD_MAX_SUB = 128
 BWD_MAX_SUB = 1  # backward (adjoint + gradient kernels): keeps BWD_MIN_PROGRAMS super-chunks x Bt
-
+# Hardware approximations of exp2 / log2 / reciprocal on CUDA (one MUFU instruction each,
+# results below 1e-38 flushed to zero); Triton's interpreter has no inline asm.
+_FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 # ---------------------------------------------------------------- device helpers
 
@@ -102,34 +100,47 @@ def _load_a_log2(a_ptr, e, n, N, en_mask):
 
 
 @triton.jit
+def _ex2(x):
+    """``2**x``; on CUDA one MUFU instruction (flushing results below 1e-38 to zero)."""
+    if _FAST_MATH:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def _lg2(x):
+    """``log2(x)``; on CUDA one MUFU instruction."""
+    if _FAST_MATH:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _sigmoid(x):
+    return tl.fdiv(1.0, 1.0 + _ex2(x * -1.4426950408889634))
+
+
+@triton.jit
 def _softplus(x):
     """torch's softplus (threshold 20) with an accurate log1p for small ``exp(x)``."""
-    y = tl.exp(tl.minimum(x, 20.0))
+    y = _ex2(tl.minimum(x, 20.0) * 1.4426950408889634)
     w = 1.0 + y
-    lp = tl.where(w == 1.0, y, y * tl.log(w) / (w - 1.0))
+    lp = tl.where(w == 1.0, y, tl.fdiv(y * _lg2(w) * 0.6931471805599453, w - 1.0))
     return tl.where(x > 20.0, x, lp)
 
 
 @triton.jit
-def _load_delta(d_ptr, w_ptr, bias_ptr, tok_off, col_off, t_mask, e, mask2, e_mask, R,
-                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FUSED_DT: tl.constexpr,
-                BR: tl.constexpr):
+def _load_delta(d_ptr, bias_ptr, tok_off, col_off, mask2, e, e_mask,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Raw delta ``[T, BE]`` (+ bias) and the step size actually used (0 outside).
 
     ``tok_off [T]`` are the tokens' offsets, ``col_off`` ``[T or 1, BE]`` the channels'.
-    With ``FUSED_DT`` ``d_ptr`` holds the low-rank ``dt [.., R]`` (unit last stride) and the
-    raw delta is ``dt @ W.T`` with ``W = w_ptr [E, R]`` (contiguous), summed here over R.
     """
-    if FUSED_DT:
-        r = tl.arange(0, BR)
-        r_mask = r < R
-        x = tl.load(d_ptr + tok_off[:, None] + r[None, :], mask=t_mask[:, None] & r_mask[None, :],
-                    other=0.0).to(tl.float32)  # [T, BR]
-        w = tl.load(w_ptr + e[:, None] * R + r[None, :], mask=e_mask[:, None] & r_mask[None, :],
-                    other=0.0)  # [BE, BR]
-        raw = tl.sum(x[:, None, :] * w[None, :, :], axis=2)
-    else:
-        raw = tl.load(d_ptr + tok_off[:, None] + col_off, mask=mask2, other=0.0).to(tl.float32)
+    raw = tl.load(d_ptr + tok_off[:, None] + col_off, mask=mask2, other=0.0).to(tl.float32)
     if HAS_BIAS:
         raw += tl.load(bias_ptr + e, mask=e_mask, other=0.0).to(tl.float32)[None, :]
     if SOFTPLUS:
@@ -144,10 +155,10 @@ def _load_delta(d_ptr, w_ptr, bias_ptr, tok_off, col_off, t_mask, e, mask2, e_ma
 
 @triton.jit
 def _chunk_end_kernel(
-    u_ptr, d_ptr, w_ptr, b_ptr, a_ptr, bias_ptr, s_ptr, ds_ptr,
-    L, E, N, R, K, KS, SUB,
+    u_ptr, d_ptr, b_ptr, a_ptr, bias_ptr, s_ptr, ds_ptr,
+    L, E, N, K, KS, SUB,
     su_b, su_t, sd_b, sd_t, sb_b, sb_t,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FUSED_DT: tl.constexpr, BR: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
 ):
     """End state of super-chunk ``ks`` from a zero start: ``S[b, ks] [E, N]``, ``DS = sum(delta)``.
@@ -171,12 +182,12 @@ def _chunk_end_kernel(
         t_mask = t < L
         mask2 = t_mask[:, None] & e_mask[None, :]
         t64 = t.to(tl.int64)
-        _, dt = _load_delta(d_ptr + bb * sd_b, w_ptr, bias_ptr, t64 * sd_t, e[None, :], t_mask,
-                            e, mask2, e_mask, R, HAS_BIAS, SOFTPLUS, FUSED_DT, BR)
+        _, dt = _load_delta(d_ptr + bb * sd_b, bias_ptr, t64 * sd_t, e[None, :], mask2, e,
+                            e_mask, HAS_BIAS, SOFTPLUS)
         u = tl.load(u_ptr + bb * su_b + t64[:, None] * su_t + e[None, :], mask=mask2, other=0.0)
         bm = tl.load(b_ptr + bb * sb_b + t64[:, None] * sb_t + n[None, :],
                      mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
-        a = tl.exp2(dt[:, :, None] * a_mat[None, :, :])
+        a = _ex2(dt[:, :, None] * a_mat[None, :, :])
         b = (dt * u.to(tl.float32))[:, :, None] * bm[:, None, :]
         pa, hl = tl.associative_scan((a, b), 0, _combine)
         # masked tokens past L have a = 1, b = 0: the state passes through unchanged
@@ -217,7 +228,7 @@ def _carry_kernel(
         h = tl.load(s_ptr + off, mask=m3, other=0.0)
         ds = tl.load(ds_ptr + base[:, None] + e[None, :], mask=valid[:, None] & (e < E)[None, :],
                      other=0.0)
-        p = tl.exp2(ds[:, :, None] * a_mat[None, :, :])
+        p = _ex2(ds[:, :, None] * a_mat[None, :, :])
         pc, hc = tl.associative_scan((p, h), 0, _combine)
         h = hc + pc * carry[None, :, :]
         tl.store(s_ptr + off, h, mask=m3)
@@ -226,11 +237,10 @@ def _carry_kernel(
 
 @triton.jit
 def _chunk_out_kernel(
-    u_ptr, d_ptr, w_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, z_ptr, bias_ptr, s_ptr, y_ptr, h_ptr,
-    L, E, N, R, K, KS, SUB,
+    u_ptr, d_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, z_ptr, bias_ptr, s_ptr, y_ptr, h_ptr,
+    L, E, N, K, KS, SUB,
     su_b, su_t, sd_b, sd_t, sb_b, sb_t, sc_b, sc_t, sz_b, sz_t, sy_b, sy_t,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    FUSED_DT: tl.constexpr, BR: tl.constexpr,
     STORE_STATES: tl.constexpr, T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
 ):
     """Outputs of super-chunk ``ks`` from its true start state ``S[ks-1]``.
@@ -259,15 +269,15 @@ def _chunk_out_kernel(
         mask2 = t_mask[:, None] & e_mask[None, :]
         tn_mask = t_mask[:, None] & n_mask[None, :]
         t64 = t.to(tl.int64)
-        _, dt = _load_delta(d_ptr + bb * sd_b, w_ptr, bias_ptr, t64 * sd_t, e[None, :], t_mask,
-                            e, mask2, e_mask, R, HAS_BIAS, SOFTPLUS, FUSED_DT, BR)
+        _, dt = _load_delta(d_ptr + bb * sd_b, bias_ptr, t64 * sd_t, e[None, :], mask2, e,
+                            e_mask, HAS_BIAS, SOFTPLUS)
         u = tl.load(u_ptr + bb * su_b + t64[:, None] * su_t + e[None, :], mask=mask2,
                     other=0.0).to(tl.float32)
         bm = tl.load(b_ptr + bb * sb_b + t64[:, None] * sb_t + n[None, :], mask=tn_mask,
                      other=0.0).to(tl.float32)
         cm = tl.load(c_ptr + bb * sc_b + t64[:, None] * sc_t + n[None, :], mask=tn_mask,
                      other=0.0).to(tl.float32)
-        a = tl.exp2(dt[:, :, None] * a_mat[None, :, :])
+        a = _ex2(dt[:, :, None] * a_mat[None, :, :])
         b = (dt * u)[:, :, None] * bm[:, None, :]
         pa, hl = tl.associative_scan((a, b), 0, _combine)
         hl = hl + pa * h[None, :, :]
@@ -280,7 +290,7 @@ def _chunk_out_kernel(
         if HAS_Z:
             z = tl.load(z_ptr + bb * sz_b + t64[:, None] * sz_t + e[None, :], mask=mask2,
                         other=0.0).to(tl.float32)
-            y = y * z * tl.sigmoid(z)
+            y = y * z * _sigmoid(z)
         tl.store(y_ptr + bb * sy_b + t64[:, None] * sy_t + e[None, :], y, mask=mask2)
 
 
@@ -293,7 +303,7 @@ def _gate_grad(dy_ptr, z_ptr, row_dy, row_z, mask2, HAS_Z: tl.constexpr):
     dy = tl.load(dy_ptr + row_dy, mask=mask2, other=0.0).to(tl.float32)
     if HAS_Z:
         z = tl.load(z_ptr + row_z, mask=mask2, other=0.0).to(tl.float32)
-        g = dy * z * tl.sigmoid(z)
+        g = dy * z * _sigmoid(z)
     else:
         z = dy
         g = dy
@@ -302,11 +312,10 @@ def _gate_grad(dy_ptr, z_ptr, row_dy, row_z, mask2, HAS_Z: tl.constexpr):
 
 @triton.jit
 def _chunk_adj_kernel(
-    dy_ptr, z_ptr, d_ptr, w_ptr, c_ptr, a_ptr, bias_ptr, q_ptr, ds_ptr,
-    L, E, N, R, K, KS, SUB,
+    dy_ptr, z_ptr, d_ptr, c_ptr, a_ptr, bias_ptr, q_ptr, ds_ptr,
+    L, E, N, K, KS, SUB,
     sdy_b, sdy_t, sz_b, sz_t, sd_b, sd_t, sc_b, sc_t,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FLIP: tl.constexpr,
-    FUSED_DT: tl.constexpr, BR: tl.constexpr,
     T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
 ):
     """Reverse pass of super-chunk ks from a zero adjoint: ``Q[b, ks] = a_s lambda_s`` at its
@@ -332,14 +341,14 @@ def _chunk_adj_kernel(
         t_mask = t < L
         mask2 = t_mask[:, None] & e_mask[None, :]
         t64 = t.to(tl.int64)
-        _, dt = _load_delta(d_ptr + bb * sd_b, w_ptr, bias_ptr, t64 * sd_t, e[None, :], t_mask,
-                            e, mask2, e_mask, R, HAS_BIAS, SOFTPLUS, FUSED_DT, BR)
+        _, dt = _load_delta(d_ptr + bb * sd_b, bias_ptr, t64 * sd_t, e[None, :], mask2, e,
+                            e_mask, HAS_BIAS, SOFTPLUS)
         _, _, g = _gate_grad(dy_ptr + bb * sdy_b, z_ptr + bb * sz_b,
                              t64[:, None] * sdy_t + e[None, :], t64[:, None] * sz_t + e[None, :],
                              mask2, HAS_Z)
         cm = tl.load(c_ptr + bb * sc_b + t64[:, None] * sc_t + n[None, :],
                      mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
-        a = tl.exp2(dt[:, :, None] * a_mat[None, :, :])
+        a = _ex2(dt[:, :, None] * a_mat[None, :, :])
         pa, nu = _scan_rev(a, a * (g[:, :, None] * cm[:, None, :]), FLIP)
         # pa[0] = the chunk's whole decay, which carries the later chunks' nu to its start
         q = tl.sum(tl.where(first, nu + pa * q[None, :, :], 0.0), axis=0)
@@ -351,13 +360,12 @@ def _chunk_adj_kernel(
 
 @triton.jit
 def _chunk_bwd_kernel(
-    u_ptr, d_ptr, w_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, z_ptr, bias_ptr, dy_ptr,
+    u_ptr, d_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, z_ptr, bias_ptr, dy_ptr,
     h_ptr, q_ptr, m_ptr,
     du_ptr, dd_ptr, dz_ptr, db_ptr, dc_ptr, da_ptr, dds_ptr, dbias_ptr,
-    L, E, N, R, K, KS, SUB, Bt,
+    L, E, N, K, KS, SUB, Bt,
     su_b, su_t, sd_b, sd_t, sb_b, sb_t, sc_b, sc_t, sz_b, sz_t, sdy_b, sdy_t,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    FUSED_DT: tl.constexpr, BR: tl.constexpr,
     FLIP: tl.constexpr, T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
     BLOCKS_PER_PROG: tl.constexpr,
 ):
@@ -407,12 +415,11 @@ def _chunk_bwd_kernel(
             en_mask = e_mask[:, None] & n_mask[None, :]
             mask2 = t_mask[:, None] & e_mask[None, :]
             row_e = t64[:, None] * 0 + e[None, :]  # [T, BE] channel offsets
-            raw, dt = _load_delta(d_ptr + bb * sd_b, w_ptr, bias_ptr, t64 * sd_t, row_e,
-                                  t_mask, e, mask2, e_mask, R, HAS_BIAS, SOFTPLUS, FUSED_DT, BR)
+            raw, dt = _load_delta(d_ptr + bb * sd_b, bias_ptr, t64 * sd_t, row_e, mask2, e,
+                                  e_mask, HAS_BIAS, SOFTPLUS)
             mask_n = (tn < L)[:, None] & e_mask[None, :]
-            _, dt_next = _load_delta(d_ptr + bb * sd_b, w_ptr, bias_ptr, (t64 + 1) * sd_t, row_e,
-                                     tn < L, e, mask_n, e_mask, R, HAS_BIAS, SOFTPLUS, FUSED_DT,
-                                     BR)
+            _, dt_next = _load_delta(d_ptr + bb * sd_b, bias_ptr, (t64 + 1) * sd_t, row_e, mask_n,
+                                     e, e_mask, HAS_BIAS, SOFTPLUS)
             u = tl.load(u_ptr + bb * su_b + t64[:, None] * su_t + row_e, mask=mask2,
                         other=0.0).to(tl.float32)
             a_mat = tl.load(a_ptr + e[:, None] * N + n[None, :], mask=en_mask, other=0.0)
@@ -424,7 +431,7 @@ def _chunk_bwd_kernel(
             own = (bb * KS + ks) * E * N + en_off  # this program's slots of M and dA
 
             # forward states h_t from the chunk's true start state (zero for chunk 0)
-            a = tl.exp2(dt[:, :, None] * a2[None, :, :])
+            a = _ex2(dt[:, :, None] * a2[None, :, :])
             b = (dt * u)[:, :, None] * bm[:, None, :]
             pa, h = tl.associative_scan((a, b), 0, _combine)
             h0 = tl.load(h_ptr + (bb * K + tl.maximum(k - 1, 0)) * E * N + en_off,
@@ -433,7 +440,7 @@ def _chunk_bwd_kernel(
 
             # adjoint lambda_t = g_t C_t + a_{t+1} lambda_{t+1}; mu = a_s' lambda_s' of the
             # next chunk: from Q of the next super-chunk, or left in M by the later chunk
-            alpha = tl.exp2(dt_next[:, :, None] * a2[None, :, :])
+            alpha = _ex2(dt_next[:, :, None] * a2[None, :, :])
             alpha = tl.where(rows == T - 1, 1.0, alpha)
             p_alpha, lam = _scan_rev(alpha, g[:, :, None] * cm[:, None, :], FLIP)
             mu = tl.load(q_ptr + (bb * KS + tl.minimum(ks + 1, KS - 1)) * E * N + en_off,
@@ -461,11 +468,11 @@ def _chunk_bwd_kernel(
                 y_pre = y_ssm
                 d_skip = tl.sum(g * 0.0, axis=0)
             if HAS_Z:
-                sz = tl.sigmoid(z)
+                sz = _sigmoid(z)
                 dz = dy * y_pre * sz * (1.0 + z * (1.0 - sz))
                 tl.store(dz_ptr + bb * L * E + t64[:, None] * E + row_e, dz, mask=mask2)
             if SOFTPLUS:
-                d_raw = d_dt * tl.sigmoid(raw)
+                d_raw = d_dt * _sigmoid(raw)
             else:
                 d_raw = d_dt
             d_raw = tl.where(mask2, d_raw, 0.0)
@@ -602,16 +609,11 @@ def _sub_chunks(chunks: int, others: int, min_programs: int, max_sub: int) -> in
     return max(1, min(int(max_sub), chunks * others // max(int(min_programs), 1)))
 
 
-def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk, store_states, w):
+def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk, store_states):
     """Launch the three forward stages; returns ``y`` and, with ``store_states``, the true
-    end state of every chunk ``H [Bt, K, E, N]`` (else None).
-
-    With ``w`` (``dt_proj`` weight ``[E, R]``, float32 contiguous) ``delta`` is the low-rank
-    ``dt [Bt, L, R]`` and the kernels form ``delta = dt @ w.T`` themselves.
-    """
+    end state of every chunk ``H [Bt, K, E, N]`` (else None)."""
     bt, length, e = u.shape
     n = A.shape[1]
-    fused = _dt_args(w, A)
     bn = _pow2(n)
     k = triton.cdiv(length, chunk)
     e_blocks = triton.cdiv(e, FWD_BLOCK_E)
@@ -622,11 +624,10 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk, store_states,
     dummy = A  # placeholder pointer for absent optional tensors
     grid = (ks, e_blocks, bt)
     _chunk_end_kernel[grid](
-        u, delta, fused["w"], B, A, delta_bias if delta_bias is not None else dummy, S, DS,
-        length, e, n, fused["R"], k, ks, sub, *_bt_strides(u), *_bt_strides(delta),
+        u, delta, B, A, delta_bias if delta_bias is not None else dummy, S, DS,
+        length, e, n, k, ks, sub, *_bt_strides(u), *_bt_strides(delta),
         *_bt_strides(B), HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-        FUSED_DT=fused["FUSED_DT"], BR=fused["BR"], T=chunk, BE=FWD_BLOCK_E, BN=bn,
-        num_warps=FWD_WARPS,
+        T=chunk, BE=FWD_BLOCK_E, BN=bn, num_warps=FWD_WARPS,
     )
     _carry(S, DS, A, reverse=False)
     # one chunk per super-chunk: the carried summaries already are the chunk end states
@@ -635,23 +636,15 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk, store_states,
         H = torch.empty(bt, k, e, n, device=u.device, dtype=torch.float32)
     y = torch.empty(bt, length, e, device=u.device, dtype=u.dtype)
     _chunk_out_kernel[grid](
-        u, delta, fused["w"], B, C, A, D if D is not None else dummy, z if z is not None else u,
+        u, delta, B, C, A, D if D is not None else dummy, z if z is not None else u,
         delta_bias if delta_bias is not None else dummy, S, y, H if H is not None else dummy,
-        length, e, n, fused["R"], k, ks, sub, *_bt_strides(u), *_bt_strides(delta),
+        length, e, n, k, ks, sub, *_bt_strides(u), *_bt_strides(delta),
         *_bt_strides(B), *_bt_strides(C), *_bt_strides(z), *_bt_strides(y),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus, FUSED_DT=fused["FUSED_DT"], BR=fused["BR"],
-        STORE_STATES=store_states and sub > 1, T=chunk, BE=FWD_BLOCK_E, BN=bn,
-        num_warps=FWD_WARPS,
+        SOFTPLUS=softplus, STORE_STATES=store_states and sub > 1, T=chunk, BE=FWD_BLOCK_E,
+        BN=bn, num_warps=FWD_WARPS,
     )
     return y, H
-
-
-def _dt_args(w: torch.Tensor | None, dummy: torch.Tensor) -> dict:
-    """Kernel arguments for the fused ``dt @ w.T`` (``w [E, R]``), or for a plain delta."""
-    if w is None:
-        return dict(w=dummy, R=1, FUSED_DT=False, BR=1)
-    return dict(w=w, R=w.shape[1], FUSED_DT=True, BR=_pow2(w.shape[1]))
 
 
 def _carry(S: torch.Tensor, DS: torch.Tensor, A: torch.Tensor, reverse: bool) -> None:
@@ -677,25 +670,22 @@ def _channel_groups(blocks: int, chunks: int) -> tuple[int, int]:
 
 class _TritonScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, chunk, dt_weight=None):
-        """``dt_weight [E, R]`` given: ``delta`` is the low-rank ``dt [Bt, L, R]``."""
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, chunk):
         A32 = A.float().contiguous()
         D32 = None if D is None else D.float().contiguous()
         bias32 = None if delta_bias is None else delta_bias.float().contiguous()
-        w32 = None if dt_weight is None else dt_weight.float().contiguous()
         # the chunk end states are only kept when a backward pass may come
         y, H = _forward(u, delta, A32, B, C, D32, z, bias32, softplus, chunk,
-                        store_states=any(ctx.needs_input_grad), w=w32)
-        ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, H, w32)
+                        store_states=any(ctx.needs_input_grad))
+        ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, H)
         ctx.softplus, ctx.chunk = softplus, chunk
         ctx.dtypes = (A.dtype, None if D is None else D.dtype,
-                      None if delta_bias is None else delta_bias.dtype,
-                      None if dt_weight is None else dt_weight.dtype)
+                      None if delta_bias is None else delta_bias.dtype)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        u, delta, A, B, C, D, z, bias, H, w = ctx.saved_tensors
+        u, delta, A, B, C, D, z, bias, H = ctx.saved_tensors
         dy = _unit_last(dy)
         bt, length, e = u.shape
         n = A.shape[1]
@@ -704,7 +694,6 @@ class _TritonScan(torch.autograd.Function):
         k = H.shape[1]
         flip = _flip_mode(u.device)
         dummy = A
-        fused = _dt_args(w, A)
         f32 = dict(device=u.device, dtype=torch.float32)
         # super-chunks of the backward pass (its own policy; H is kept per chunk)
         sub = _sub_chunks(k, bt, BWD_MIN_PROGRAMS, BWD_MAX_SUB)
@@ -714,12 +703,11 @@ class _TritonScan(torch.autograd.Function):
         DS = torch.empty(bt, ks, e, **f32)
         grid_f = (ks, triton.cdiv(e, FWD_BLOCK_E), bt)
         _chunk_adj_kernel[grid_f](
-            dy, z if z is not None else u, delta, fused["w"], C, A,
-            bias if bias is not None else dummy, Q, DS, length, e, n, fused["R"], k, ks, sub,
+            dy, z if z is not None else u, delta, C, A,
+            bias if bias is not None else dummy, Q, DS, length, e, n, k, ks, sub,
             *_bt_strides(dy), *_bt_strides(z), *_bt_strides(delta), *_bt_strides(C),
             HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=ctx.softplus, FLIP=flip,
-            FUSED_DT=fused["FUSED_DT"], BR=fused["BR"], T=chunk, BE=FWD_BLOCK_E, BN=bn,
-            num_warps=FWD_WARPS,
+            T=chunk, BE=FWD_BLOCK_E, BN=bn, num_warps=FWD_WARPS,
         )
         _carry(Q, DS, A, reverse=True)
 
@@ -734,23 +722,17 @@ class _TritonScan(torch.autograd.Function):
         dD = torch.empty(bt, ks, e, **f32)
         dbias = torch.empty(bt, ks, e, **f32)
         _chunk_bwd_kernel[(ks, groups, bt)](
-            u, delta, fused["w"], B, C, A, D if D is not None else dummy,
+            u, delta, B, C, A, D if D is not None else dummy,
             z if z is not None else u, bias if bias is not None else dummy, dy, H, Q, M,
             du, dd, dz if dz is not None else du, dB, dC, dA, dD, dbias,
-            length, e, n, fused["R"], k, ks, sub, bt,
+            length, e, n, k, ks, sub, bt,
             *_bt_strides(u), *_bt_strides(delta), *_bt_strides(B), *_bt_strides(C),
             *_bt_strides(z), *_bt_strides(dy),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None,
-            SOFTPLUS=ctx.softplus, FUSED_DT=fused["FUSED_DT"], BR=fused["BR"], FLIP=flip,
-            T=chunk, BE=BWD_BLOCK_E, BN=bn,
+            SOFTPLUS=ctx.softplus, FLIP=flip, T=chunk, BE=BWD_BLOCK_E, BN=bn,
             BLOCKS_PER_PROG=per_prog, num_warps=BWD_WARPS,
         )
-        a_dt, d_dt, bias_dt, w_dt = ctx.dtypes
-        d_w = None
-        if w is not None:  # dd is d(raw delta) [Bt, L, E]; raw delta = dt @ w.T
-            if ctx.needs_input_grad[10]:  # [E, R] = sum over tokens of dd^T dt
-                d_w = (dd.flatten(0, 1).T @ delta.flatten(0, 1).float()).to(w_dt)
-            dd = dd @ w  # d dt [Bt, L, R]
+        a_dt, d_dt, bias_dt = ctx.dtypes
         grads = [
             du.to(u.dtype),
             dd.to(delta.dtype),
@@ -761,7 +743,7 @@ class _TritonScan(torch.autograd.Function):
             None if z is None else dz.to(z.dtype),
             None if bias is None else dbias.sum((0, 1)).to(bias_dt),
         ]
-        return (*grads, None, None, d_w)
+        return (*grads, None, None)
 
 
 def selective_scan_triton(
@@ -794,52 +776,4 @@ def selective_scan_triton(
     return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), chunk)
 
 
-def selective_scan_triton_dt(
-    u: torch.Tensor,
-    dt: torch.Tensor,
-    dt_weight: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    chunk: int | None = None,
-) -> torch.Tensor:
-    """:func:`selective_scan_triton` with ``delta = dt @ dt_weight.T`` formed in the kernels.
-
-    Not used by the mixer: on an H200 at E=64, L=2,097,152 it measured 14.1 ms forward
-    against 4.8 ms for the plain entry fed by ``dt_proj``'s output (benchmarks/RESULTS.md);
-    the ``[T, BE, R]`` product-and-sum per tile costs more than the delta traffic it saves.
-
-    The mixer's ``dt_proj`` (without its bias, which goes in as ``delta_bias``) fused into
-    the scan: the ``[Bt, L, E]`` delta is never written; each pass rebuilds it from the
-    low-rank ``dt`` (a sum over R per element).
-
-    Args:
-        u, z: ``[Bt, L, E]``; dt: ``[Bt, L, R]`` (e.g. a column slice of the ``x_proj``
-            output, like B and C: unit last stride, any batch/token strides).
-        dt_weight: ``[E, R]`` (``dt_proj.weight``); the rest as in
-            :func:`selective_scan_triton`.
-
-    Returns:
-        ``y`` ``[Bt, L, E]`` in ``u``'s dtype. Differentiable with respect to every tensor
-        argument; ``d dt`` and ``d dt_weight`` come from the kernel's ``d(raw delta)`` by two
-        torch matmuls.
-    """
-    if dt.ndim != 3 or dt.shape[:2] != u.shape[:2]:
-        raise ValueError(f"dt must be [Bt, L, R] with Bt, L of u {tuple(u.shape[:2])}, "
-                         f"got {tuple(dt.shape)}")
-    if dt_weight.shape != (u.shape[-1], dt.shape[-1]):
-        raise ValueError(f"dt_weight must be [E, R] = {(u.shape[-1], dt.shape[-1])}, "
-                         f"got {tuple(dt_weight.shape)}")
-    # the shared checks, with u standing in for the [Bt, L, E] delta
-    _check(u, u, A, B, C, D, z, delta_bias)
-    chunk = _check_chunk(u, chunk, (u, dt, dt_weight, A, B, C, D, z, delta_bias))
-    u, dt, B, C, z = (_unit_last(x) for x in (u, dt, B, C, z))
-    return _TritonScan.apply(u, dt, A, B, C, D, z, delta_bias, bool(delta_softplus), chunk,
-                             dt_weight)
-
-
-__all__ = ["DEFAULT_CHUNK", "INFER_CHUNK", "selective_scan_triton", "selective_scan_triton_dt"]
+__all__ = ["DEFAULT_CHUNK", "INFER_CHUNK", "selective_scan_triton"]
