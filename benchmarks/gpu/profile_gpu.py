@@ -22,14 +22,15 @@ import bench_gpu as bench
 from benchmarks._results import record
 
 from napari_lightm.model import LightMUNet
-from napari_lightm.model.cuda_fast import enable_fast_path
+from napari_lightm.model.cuda_fast import disable_fast_path, enable_fast_path
 from napari_lightm.model.scan import is_available
 
 DEV = torch.device("cuda")
 
 
-def top_kernels(fn, title: str, top: int = 20, iters: int = 2) -> None:
-    """Profile ``iters`` calls of ``fn`` and record the ``top`` ops by CUDA time."""
+def top_kernels(fn, title: str, top: int = 20, iters: int = 2, group: tuple = ()) -> None:
+    """Profile ``iters`` calls of ``fn`` and record the ``top`` ops by CUDA time (and, with
+    ``group``, the summed time of the kernels whose names contain one of those)."""
     fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
@@ -51,8 +52,16 @@ def top_kernels(fn, title: str, top: int = 20, iters: int = 2) -> None:
     kernels.sort(key=own, reverse=True)
     rows = [[e.key[:90], e.count // iters, own(e) / iters / 1e3, 100.0 * own(e) / total]
             for e in kernels[:top]]
-    record(title, ["kernel", "calls/iter", "ms/iter", "% of kernel time"], rows,
-           notes=f"sum of kernel time per iteration: {total / iters / 1e3:.1f} ms")
+    note = f"sum of kernel time per iteration: {total / iters / 1e3:.1f} ms"
+    if group:
+        grouped = sum(own(e) for e in kernels if any(g in e.key for g in group))
+        note += (f"; of which {', '.join(group)}: {grouped / iters / 1e3:.1f} ms "
+                 f"({100.0 * grouped / total:.0f} %)")
+    record(title, ["kernel", "calls/iter", "ms/iter", "% of kernel time"], rows, notes=note)
+
+
+SCAN_KERNELS = ("_chunk_end_kernel", "_chunk_out_kernel", "_chunk_adj_kernel",
+                "_chunk_bwd_kernel", "_carry_kernel")
 
 
 def main() -> None:
@@ -63,17 +72,13 @@ def main() -> None:
     ours = LightMUNet.from_config("repo", 3, 1, 3).to(DEV).eval()
     how = enable_fast_path(ours)
     x = torch.randn(1, 1, 128, 128, 128, device=DEV)
-    for label, amp in ((f"ours + {how}, fp32", False), (f"ours + {how}, bf16 autocast", True)):
-        try:
-            with torch.no_grad(), bench.autocast(amp):
-                top_kernels(lambda: ours(x), f"GPU profile: {label}, 3D f=32 inference 128^3")
-        except Exception:
-            traceback.print_exc()
-    nets = {"ours": ours}
-    if is_available("mamba_ssm"):
-        nets["official"] = bench.official_network(ours)
-
-    try:  # train step, ours, fast path with recomputation, bf16 autocast
+    try:  # eager (the CUDA graph replays the same kernels)
+        with torch.no_grad(), bench.precision("tf32"):
+            top_kernels(lambda: ours(x), f"GPU profile: ours + {how}, TF32 matmuls, 3D f=32 "
+                        "inference 128^3 (eager)")
+    except Exception:
+        traceback.print_exc()
+    try:  # train step, ours, fast path with recomputation, TF32 matmuls (as iter_train)
         net = LightMUNet.from_config("repo", 3, 1, 3).to(DEV)
         how = enable_fast_path(net, training=True)
         xb = torch.randn(2, 1, 128, 128, 128, device=DEV)
@@ -81,26 +86,30 @@ def main() -> None:
 
         def step(net=net, xb=xb, target=target):
             net.zero_grad(set_to_none=True)
-            with bench.autocast(True):
+            with bench.precision("tf32"):
                 loss = torch.nn.functional.cross_entropy(net(xb), target)
             loss.backward()
 
-        top_kernels(step, f"GPU profile: ours + {how}, bf16 autocast, 3D f=32 train step "
-                    "2x128^3 (fwd+bwd)", top=25, iters=1)
+        top_kernels(step, f"GPU profile: ours + {how}, TF32 matmuls, 3D f=32 train step "
+                    "2x128^3 (fwd+bwd)", top=30, iters=1, group=SCAN_KERNELS)
+        if is_available("mamba_ssm"):  # the same step with mamba_ssm.Mamba mixers, fp32
+            official = bench.official_network(net)
+            disable_fast_path(official)  # plain modules, as released
+
+            def step_official(net=official, xb=xb, target=target):
+                net.zero_grad(set_to_none=True)
+                with bench.precision("fp32"):
+                    loss = torch.nn.functional.cross_entropy(net(xb), target)
+                loss.backward()
+
+            top_kernels(step_official, "GPU profile: official (mamba_ssm.Mamba), fp32, 3D f=32 "
+                        "train step 2x128^3 (fwd+bwd)", top=20, iters=1,
+                        group=("selective_scan",))
+            del official
         del net, xb, target
         torch.cuda.empty_cache()
     except Exception:
         traceback.print_exc()
-
-    rows = []
-    for bench_on in (False, True):
-        torch.backends.cudnn.benchmark = bench_on
-        for label, net in nets.items():
-            with torch.no_grad():
-                ms = bench.cuda_time(lambda n=net: n(x), reps=5)
-            rows.append([label, f"cudnn.benchmark={bench_on}", ms])
-    record("GPU: 3D f=32 inference 128^3 with cudnn.benchmark", ["network", "setting", "ms"],
-           rows)
     rows = []
     if opts.compile:
         torch.backends.cudnn.benchmark = True
