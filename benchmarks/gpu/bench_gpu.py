@@ -571,6 +571,64 @@ def network_training(quick: bool, compile_: bool) -> None:
                  "activations in backward (napari_lightm.model.cuda_fast)")
 
 
+@section("backward launch settings")
+def backward_sweep() -> None:
+    """fwd+bwd at E=64, L=2M, Bt=2 (the train step's batch) for backward kernel settings:
+    (chunk, channels per program, warps); the defaults first."""
+    ts = triton_scan
+    keep = (ts.DEFAULT_CHUNK, ts.BWD_BLOCK_E, ts.BWD_WARPS)
+    args = scan_inputs(2, 2_097_152, 64)
+    rows = []
+    for chunk, be, warps in (keep, (16, 2, 1), (32, 2, 1), (16, 1, 1), (32, 1, 1), (16, 4, 2),
+                             (16, 2, 2), (64, 1, 1)):
+        ts.DEFAULT_CHUNK, ts.BWD_BLOCK_E, ts.BWD_WARPS = chunk, be, warps
+        try:
+            ms = cuda_time(lambda: fwd_bwd("triton", args), reps=3, warmup=1)
+        except Exception as exc:
+            ms = f"failed: {type(exc).__name__}"
+        rows.append([chunk, be, warps, ms])
+        print(rows[-1], flush=True)
+    ts.DEFAULT_CHUNK, ts.BWD_BLOCK_E, ts.BWD_WARPS = keep
+    record("GPU: triton scan backward settings, Bt=2, E=64, L=2,097,152 (fwd+bwd)",
+           ["chunk", "channels/program", "warps", "ms"], rows,
+           notes=f"first row = the defaults; forward alone: chunk {ts.INFER_CHUNK}")
+
+
+@section("engine: Segmenter.predict")
+def engine_predict() -> None:
+    """End to end through the product's path (preprocessing, sliding window with Gaussian
+    weighting, CUDA graphs, resampling back): a 3D CT volume, released layout f=32."""
+    from napari_lightm.engine import Segmenter
+
+    torch.manual_seed(0)
+    seg = Segmenter.new(3, ["background", "liver", "tumour"], modality="CT", config="repo",
+                        patch_size=(128, 128, 128), device="cuda")
+    image = (torch.rand(256, 256, 256) * 2000 - 1000).numpy()
+    from napari_lightm.engine import inference
+
+    rows = []
+    keep = inference.GRAPH_MIN_CALLS
+    for precision, min_calls in (("tf32", keep), ("fp32", keep), ("tf32", 1)):
+        seg.precision = precision
+        inference.GRAPH_MIN_CALLS = min_calls
+        seg.predict(image)  # warm-up: kernels compiled (graphs are captured once per call)
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            seg.predict(image)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        graphs = "CUDA graphs" if 7 >= min_calls else "eager"
+        rows.append(["256^3 CT, patch 128^3, overlap 0.5", precision, graphs, min(times),
+                     256**3 / min(times) / 1e6])
+        print(rows[-1], flush=True)
+    inference.GRAPH_MIN_CALLS = keep
+    record("GPU: engine Segmenter.predict, 3D f=32 (end to end)",
+           ["input", "precision", "tiles", "s", "Mvoxels/s"], rows,
+           notes=f"27 windows in batches of 4 = 7 model calls; GRAPH_MIN_CALLS = {keep}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -579,6 +637,8 @@ def main() -> None:
     parser.add_argument("--skip-sweep", action="store_true",
                         help="scan timings with the default launch settings, no sweep")
     parser.add_argument("--skip-kernels", action="store_true", help="no fused-kernel table")
+    parser.add_argument("--bwd-sweep", action="store_true", help="backward launch settings")
+    parser.add_argument("--engine", action="store_true", help="Segmenter.predict end to end")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--cases", default="3d,2d32,2d16", help="inference cases")
     opts = parser.parse_args()
@@ -608,6 +668,10 @@ def main() -> None:
             record("GPU: parity of triton with the settings chosen by the sweep",
                    ["check", "shape", "output", "gradients"], rows)
         scan_timings(best[0] if best else triton_scan.INFER_CHUNK, opts.quick)
+    if opts.bwd_sweep:
+        backward_sweep()
+    if opts.engine:
+        engine_predict()
     if not opts.skip_network:
         network_inference(opts.quick, opts.compile, opts.cases)
         network_training(opts.quick, opts.compile)
