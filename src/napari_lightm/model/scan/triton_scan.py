@@ -49,18 +49,18 @@ import triton
 import triton.language as tl
 
 # Launch settings: the fastest of benchmarks/gpu/bench_gpu.py's sweeps on an H200 at
-# E=64, L=2,097,152 (benchmarks/RESULTS.md), and what the whole-network rows there ran
-# with: forward alone 4.5 ms with 8-token chunks, 32 channels x 4 warps, walks of 128
-# chunks (6.9 ms with one 32-token chunk per program); forward + backward 32.3 ms with
-# 32-token chunks and 2 channels x 2 warps in backward (43 ms with 16-token chunks, 49 ms
-# with 4 channels per program). With the approximate exp2 / log2 (_FAST_MATH): 4.3 and
-# 31.3 ms.
-DEFAULT_CHUNK = 32  # tokens per chunk (a power of two) when a backward pass may follow
+# E=64, L=2,097,152 (benchmarks/RESULTS.md). Forward alone: 8-token chunks, 32 channels x
+# 4 warps, walks of 128 chunks (4.5 ms; 6.9 ms with one 32-token chunk per program; 4.3 ms
+# with the approximate exp2 / log2 of _FAST_MATH). With a backward pass, at the train
+# step's batch of 2: 16-token chunks and 2 channels x 1 warp in backward, 49.7 ms
+# forward + backward (60.7 ms with 32-token chunks x 2 warps, 57.3 ms with 32 x 1 channel
+# x 1 warp, 85.5 ms with 4 channels x 2 warps).
+DEFAULT_CHUNK = 16  # tokens per chunk (a power of two) when a backward pass may follow
 INFER_CHUNK = 8  # tokens per chunk for a forward pass alone (nothing requires grad)
 FWD_BLOCK_E = 32  # channels per program, forward kernels
 BWD_BLOCK_E = 2  # channels per program, backward kernel (more live tiles)
 FWD_WARPS = 4
-BWD_WARPS = 2
+BWD_WARPS = 1  # one warp: the chunk's tokens stay in its threads (no cross-warp scan)
 BWD_MIN_PROGRAMS = 8192  # backward: split channels over programs until this many run
 CARRY_BLOCK_K = 128  # chunk summaries scanned per step of the carry pass
 # Super-chunks: one program walks SUB consecutive chunks, the state in registers; only the
