@@ -232,3 +232,27 @@ def test_graphed_inference_refuses_a_cpu_input_and_keeps_the_model_usable():
     assert graphed._graphs == {}  # nothing captured or cached
     with torch.no_grad():
         torch.testing.assert_close(net(x), before, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fraction", [0.25, 0.0], ids=["sums on the GPU", "sums on the host"])
+def test_sliding_window_on_cuda_matches_the_cpu(monkeypatch, fraction):
+    """The CUDA path (fast path, volume and weighted sums on the device or on the host)
+    gives the CPU's logits for the same weights."""
+    import copy
+
+    from napari_lightm.engine import inference
+    from napari_lightm.engine.segmenter import _drain
+    from napari_lightm.model.cuda_fast import enable_fast_path
+
+    monkeypatch.setattr(inference, "ACCUMULATE_ON_GPU_FRACTION", fraction)
+    torch.manual_seed(0)
+    net = randomize_small(LightMUNet(2, 1, 3, init_filters=16)).eval()
+    gpu = copy.deepcopy(net).cuda()
+    enable_fast_path(gpu)
+    volume = torch.randn(3, 1, 56, 72)
+    want = _drain(inference.iter_sliding_window(net, volume, (32, 32), 3), None)
+    got = _drain(inference.iter_sliding_window(gpu, volume, (32, 32), 3, precision="fp32"),
+                 None)
+    assert got.device.type == "cpu" and got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()

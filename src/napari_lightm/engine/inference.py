@@ -159,8 +159,13 @@ def iter_sliding_window(
     tiles = [(p, sl) for p in range(n_planes) for sl in slices]
     weight = compute_importance_map(window, mode="gaussian", sigma_scale=0.125, device="cpu")
     weight = weight.clamp_min(max(float(weight.min()), 1e-3)).float()  # never divide by ~0
-    out = torch.zeros((n_planes, n_classes, *padded), dtype=torch.float32)
-    norm = torch.zeros((n_planes, 1, *padded), dtype=torch.float32)
+    # on a GPU with room for them, the volume and the weighted sums stay on the device (no
+    # tile goes back and forth); else they live in host memory, as on the CPU
+    home = _accumulation_device(device, volume.numel() + (n_classes + 1) * n_planes
+                                * math.prod(padded))
+    volume, weight = volume.to(home), weight.to(home)
+    out = torch.zeros((n_planes, n_classes, *padded), dtype=torch.float32, device=home)
+    norm = torch.zeros((n_planes, 1, *padded), dtype=torch.float32, device=home)
     flips = mirror_axes(nd, tta)
     batch = tile_batch or (4 if device.type == "cuda" else 1)
     # a capture costs about three forwards (two warm-ups and the recording); it pays off
@@ -188,7 +193,7 @@ def iter_sliding_window(
             torch.cuda.empty_cache()
             batch = max(1, batch // 2)  # smaller tiles batch, same windows
             continue
-        logits = logits.cpu()
+        logits = logits.to(home)
         for (p, sl), lg in zip(chunk, logits):
             out[(p, slice(None), *sl)] += lg * weight
             norm[(p, slice(None), *sl)] += weight
@@ -196,7 +201,20 @@ def iter_sliding_window(
         yield Progress(done, len(tiles), stage)
     out /= norm
     crop = tuple(slice(0, s) for s in size)
-    return out[(slice(None), slice(None), *crop)].contiguous()
+    return out[(slice(None), slice(None), *crop)].cpu().contiguous()
+
+
+ACCUMULATE_ON_GPU_FRACTION = 0.25  # of the free GPU memory the volume + sums may take
+
+
+def _accumulation_device(device: torch.device, floats: int) -> torch.device:
+    """Where sliding-window inference keeps the volume and its weighted sums: the GPU when
+    ``floats`` float32 values fit in ``ACCUMULATE_ON_GPU_FRACTION`` of its free memory
+    (measured end to end in benchmarks/gpu/bench_gpu.py's engine section), else the CPU."""
+    if device.type != "cuda":
+        return torch.device("cpu")
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if 4 * floats <= ACCUMULATE_ON_GPU_FRACTION * free else torch.device("cpu")
 
 
 __all__ = ["iter_sliding_window", "mirror_axes", "padded_size", "window_size", "window_slices"]
