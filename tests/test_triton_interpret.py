@@ -176,6 +176,46 @@ def test_sub_chunk_policy(ts, chunks, others, min_programs, max_sub, want):
     assert ts._sub_chunks(chunks, others, min_programs, max_sub) == want
 
 
+def test_first_pass_of_recomputation_keeps_no_states_and_exact_gradients(ts, monkeypatch):
+    """Under activation checkpointing the first pass runs as inference (short chunks, no
+    chunk states); the recomputation keeps the states; gradients equal float64's."""
+    import contextlib
+
+    from torch.utils.checkpoint import checkpoint
+
+    calls = []
+    forward = ts._forward
+
+    def spy(*args, store_states):
+        calls.append((args[9], store_states))  # chunk, states kept
+        return forward(*args, store_states=store_states)
+
+    monkeypatch.setattr(ts, "_forward", spy)
+    args = inputs(length=37, seed=11)
+    leaves = [t.clone().requires_grad_() for t in args]
+
+    def scan(*t):
+        return ts.selective_scan_triton(*t[:7], delta_bias=t[7], delta_softplus=True)
+
+    def contexts():
+        return ts.first_pass_of_recomputation(), contextlib.nullcontext()
+
+    y = checkpoint(scan, *leaves, use_reentrant=False, context_fn=contexts,
+                   determinism_check="none")
+    assert calls == [(ts.INFER_CHUNK, False)]
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    grads = torch.autograd.grad(y, leaves, gy.float())
+    assert calls == [(ts.INFER_CHUNK, False), (ts.DEFAULT_CHUNK, True)]
+    leaves64 = [t.detach().double().requires_grad_() for t in args]
+    y64 = selective_scan_reference(*leaves64[:7], delta_bias=leaves64[7], delta_softplus=True)
+    assert rel(y, y64) < 1e-5
+    for name, g, g64 in zip(NAMES, grads, torch.autograd.grad(y64, leaves64, gy)):
+        assert rel(g, g64) < 1e-4, name
+    with ts.first_pass_of_recomputation():  # the flag is scoped
+        pass
+    assert not getattr(ts._STATE, "first_pass", False)
+
+
 def test_reverse_scan_probe_passes_in_interpreter(ts):
     assert ts._reverse_scan_needs_flip(-1) is False
 

@@ -541,9 +541,9 @@ def network_training(quick: bool, compile_: bool) -> None:
 
         def step(net=net, opt=opt, mode=mode):
             opt.zero_grad(set_to_none=True)
-            with precision(mode):
+            with precision(mode):  # the backward's matmuls too (iter_train sets TF32 globally)
                 loss = torch.nn.functional.cross_entropy(net(x), target)
-            loss.backward()
+                loss.backward()
             opt.step()
 
         try:

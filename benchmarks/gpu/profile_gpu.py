@@ -86,9 +86,9 @@ def main() -> None:
 
         def step(net=net, xb=xb, target=target):
             net.zero_grad(set_to_none=True)
-            with bench.precision("tf32"):
+            with bench.precision("tf32"):  # the backward's too, as iter_train
                 loss = torch.nn.functional.cross_entropy(net(xb), target)
-            loss.backward()
+                loss.backward()
 
         top_kernels(step, f"GPU profile: ours + {how}, TF32 matmuls, 3D f=32 train step "
                     "2x128^3 (fwd+bwd)", top=30, iters=1, group=SCAN_KERNELS)
@@ -100,7 +100,7 @@ def main() -> None:
                 net.zero_grad(set_to_none=True)
                 with bench.precision("fp32"):
                     loss = torch.nn.functional.cross_entropy(net(xb), target)
-                loss.backward()
+                    loss.backward()
 
             top_kernels(step_official, "GPU profile: official (mamba_ssm.Mamba), fp32, 3D f=32 "
                         "train step 2x128^3 (fwd+bwd)", top=20, iters=1,

@@ -41,8 +41,10 @@ per-super-chunk partial buffers summed by torch (deterministic, no atomics).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 
 import torch
 import triton
@@ -72,6 +74,28 @@ BWD_MAX_SUB = 1  # backward (adjoint + gradient kernels): keeps BWD_MIN_PROGRAMS
 # Hardware approximations of exp2 / log2 / reciprocal on CUDA (one MUFU instruction each,
 # results below 1e-38 flushed to zero); Triton's interpreter has no inline asm.
 _FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def first_pass_of_recomputation():
+    """Inside: the scan's forward runs as for inference (``INFER_CHUNK``, no chunk states
+    kept) while still recording its autograd node, because what that node saves is
+    replaced by the recomputed forward's tensors before its backward runs.
+
+    For activation checkpointing (``torch.utils.checkpoint`` with ``use_reentrant=False``,
+    ``determinism_check="none"`` and this as the forward context of ``context_fn``): the
+    first pass's saved tensors are dropped anyway, so keeping the chunk states there is
+    pure cost. The node keeps the chunk length the recomputation uses.
+    """
+    before = getattr(_STATE, "first_pass", False)
+    _STATE.first_pass = True
+    try:
+        yield
+    finally:
+        _STATE.first_pass = before
+
 
 # ---------------------------------------------------------------- device helpers
 
@@ -674,9 +698,15 @@ class _TritonScan(torch.autograd.Function):
         A32 = A.float().contiguous()
         D32 = None if D is None else D.float().contiguous()
         bias32 = None if delta_bias is None else delta_bias.float().contiguous()
-        # the chunk end states are only kept when a backward pass may come
-        y, H = _forward(u, delta, A32, B, C, D32, z, bias32, softplus, chunk,
-                        store_states=any(ctx.needs_input_grad))
+        # the chunk end states are only kept when a backward pass may come, and not in
+        # the first pass of a recomputation (its saved tensors are replaced; see
+        # first_pass_of_recomputation), which saves a placeholder in their place
+        first = getattr(_STATE, "first_pass", False)
+        store = any(ctx.needs_input_grad) and not first
+        y, H = _forward(u, delta, A32, B, C, D32, z, bias32, softplus,
+                        INFER_CHUNK if first else chunk, store_states=store)
+        if first:
+            H = A32.new_empty(0)
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, H)
         ctx.softplus, ctx.chunk = softplus, chunk
         ctx.dtypes = (A.dtype, None if D is None else D.dtype,
@@ -776,4 +806,4 @@ def selective_scan_triton(
     return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), chunk)
 
 
-__all__ = ["DEFAULT_CHUNK", "INFER_CHUNK", "selective_scan_triton"]
+__all__ = ["DEFAULT_CHUNK", "INFER_CHUNK", "first_pass_of_recomputation", "selective_scan_triton"]
