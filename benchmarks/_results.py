@@ -31,6 +31,10 @@ def machine() -> str:
 
 
 def commit() -> str:
+    """``LIGHTM_COMMIT`` when set (a copy of the tree whose git metadata is not the source's,
+    as on the GPU machine), else git's short HEAD (+dirty)."""
+    if os.environ.get("LIGHTM_COMMIT"):
+        return os.environ["LIGHTM_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
