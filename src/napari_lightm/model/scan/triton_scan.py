@@ -145,6 +145,7 @@ def _lg2(x):
 
 @triton.jit
 def _sigmoid(x):
+    """``1 / (1 + exp(-x))`` with the approximate exp2 and reciprocal (0 and 1 at the ends)."""
     return tl.fdiv(1.0, 1.0 + _ex2(x * -1.4426950408889634))
 
 
