@@ -19,7 +19,6 @@ collect them in another file). Run: ``python benchmarks/gpu/bench_gpu.py [--quic
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import statistics
 import sys
@@ -456,17 +455,12 @@ def inference_variants(ours: LightMUNet, compile_: bool) -> list[tuple[str, obje
     return out
 
 
-@contextlib.contextmanager
 def precision(mode: str):
-    """fp32 / tf32 / bf16 (see inference_variants) for the code inside."""
-    keep = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
-    torch.backends.cudnn.allow_tf32 = mode == "tf32" or keep[1]
-    try:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "bf16"):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = keep
+    """fp32 / tf32 / bf16 (see inference_variants) for the code inside: the engine's own
+    switch, so the rows measure what ``Segmenter.predict`` runs."""
+    from napari_lightm.engine.inference import precision_context
+
+    return precision_context(DEV, mode)
 
 
 @section("whole network: inference")

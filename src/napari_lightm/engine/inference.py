@@ -71,14 +71,18 @@ GRAPH_MIN_CALLS = 8  # model calls from which sliding-window inference uses CUDA
 PRECISIONS = ("tf32", "bf16", "fp32")
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
 @contextlib.contextmanager
 def precision_context(device: torch.device, precision: str = "tf32"):
     """Inference precision on CUDA (see the module docstring); a no-op elsewhere.
 
     The TF32 switches are torch-global: they are set for the code inside and restored after.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    _check_precision(precision)
     if device.type != "cuda":
         yield
         return
@@ -144,8 +148,7 @@ def iter_sliding_window(
     from monai.data.utils import compute_importance_map
 
     device = next(model.parameters()).device
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    _check_precision(precision)  # before any work (precision_context checks per batch)
     n_planes, _, *size = volume.shape
     nd = len(size)
     if len(patch_size) != nd:
