@@ -463,6 +463,16 @@ class _ResidualLayerNorm(torch.autograd.Function):
                 _param_grad(db, bias, need[4]), None)
 
 
+def _check_ln_tokens(name: str, x: torch.Tensor, weight, bias) -> None:
+    """The LayerNorm entries' shared checks of tokens ``x [..., C]`` and ``weight, bias``."""
+    c = x.shape[-1]
+    _check_channels(c)
+    _check_param("weight", weight, c, x.device)
+    _check_param("bias", bias, c, x.device)
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty: {tuple(x.shape)}")
+
+
 def layer_norm(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -484,12 +494,7 @@ def layer_norm(
     _check_device_dtype("x", x)
     if x.ndim < 1:
         raise ValueError("x must have a channel axis, got a 0-d tensor")
-    c = x.shape[-1]
-    _check_channels(c)
-    _check_param("weight", weight, c, x.device)
-    _check_param("bias", bias, c, x.device)
-    if x.numel() == 0:
-        raise ValueError(f"x is empty: {tuple(x.shape)}")
+    _check_ln_tokens("x", x, weight, bias)
     y = _LayerNorm.apply(_as_tokens(x), weight, bias, float(eps))
     return y.reshape(x.shape)
 
@@ -532,12 +537,7 @@ def residual_layer_norm(
         raise ValueError(f"scale must be a 1-element tensor, got {got}")
     if scale.device != a.device:
         raise ValueError(f"scale is on {scale.device}, a on {a.device}")
-    c = a.shape[-1]
-    _check_channels(c)
-    _check_param("weight", weight, c, a.device)
-    _check_param("bias", bias, c, a.device)
-    if a.numel() == 0:
-        raise ValueError(f"a is empty: {tuple(a.shape)}")
+    _check_ln_tokens("a", a, weight, bias)
     y = _ResidualLayerNorm.apply(_as_tokens(a), _as_tokens(t), scale, weight, bias, float(eps))
     return y.reshape(a.shape)
 
