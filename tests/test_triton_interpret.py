@@ -156,16 +156,6 @@ def test_super_chunk_inference_stores_no_states(ts, monkeypatch):
     torch.testing.assert_close(y_inf, y.detach(), rtol=0, atol=0)
 
 
-def test_super_chunks_bfloat16(ts, monkeypatch):
-    force_super_chunks(ts, monkeypatch, 3, 3)
-    args = inputs(dtype=torch.bfloat16, seed=13)
-    y = ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True, chunk=4)
-    ref = selective_scan_reference(*[t.double() for t in args[:7]], delta_bias=args[7].double(),
-                                   delta_softplus=True)
-    assert y.dtype == torch.bfloat16
-    assert rel(y.float(), ref) < 1e-2  # only the output rounding to bfloat16
-
-
 @pytest.mark.parametrize(
     ("chunks", "others", "min_programs", "max_sub", "want"),
     [(65536, 8, 8192, 64, 64), (65536, 8, 8192, 16, 16), (65536, 1, 8192, 64, 8),
@@ -220,9 +210,14 @@ def test_reverse_scan_probe_passes_in_interpreter(ts):
     assert ts._reverse_scan_needs_flip(-1) is False
 
 
-def test_bfloat16_inputs_keep_float32_state(ts):
-    args = inputs(dtype=torch.bfloat16, seed=4)
-    y = ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True, chunk=8)
+@pytest.mark.parametrize(("sub", "chunk", "seed"), [(None, 8, 4), (3, 4, 13)],
+                         ids=["chunks", "super-chunks of 3"])
+def test_bfloat16_inputs_keep_float32_state(ts, monkeypatch, sub, chunk, seed):
+    if sub is not None:
+        force_super_chunks(ts, monkeypatch, sub, sub)
+    args = inputs(dtype=torch.bfloat16, seed=seed)
+    y = ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True,
+                                 chunk=chunk)
     ref = selective_scan_reference(*[t.double() for t in args[:7]], delta_bias=args[7].double(),
                                    delta_softplus=True)
     assert y.dtype == torch.bfloat16
