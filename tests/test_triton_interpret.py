@@ -100,6 +100,24 @@ def test_channel_groups_of_the_backward_kernel(ts, monkeypatch, min_programs):
         assert rel(g, g64) < 1e-4, name
 
 
+@pytest.mark.parametrize(("states_be", "adj_be"), [(4, 2), (2, 8)], ids=["4|2", "2|8"])
+def test_small_channel_blocks_in_every_kernel(ts, monkeypatch, states_be, adj_be):
+    """E=9 over several channel blocks in the forward kernels (plain and state-keeping,
+    whose settings differ) and in the adjoint pass of the backward."""
+    monkeypatch.setattr(ts, "FWD_BLOCK_E", 4)
+    monkeypatch.setattr(ts, "STATES_BLOCK_E", states_be)
+    monkeypatch.setattr(ts, "ADJ_BLOCK_E", adj_be)
+    args = inputs(bt=2, e=9, seed=12)
+    y, y64, grads = run_both(ts, args, softplus=True)
+    assert rel(y, y64) < 1e-5
+    with torch.no_grad():  # the plain forward (no states kept), in blocks of 4 channels
+        y_plain = ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True,
+                                           chunk=8)
+    assert rel(y_plain, y64) < 1e-5
+    for name, (g, g64) in grads.items():
+        assert rel(g, g64) < 1e-4, name
+
+
 def force_super_chunks(ts, monkeypatch, fwd_sub, bwd_sub):
     """Exactly ``fwd_sub`` / ``bwd_sub`` chunks per super-chunk, carry blocks of 2 summaries."""
     monkeypatch.setattr(ts, "_sub_chunks", lambda chunks, others, min_programs, max_sub: max_sub)

@@ -307,11 +307,15 @@ def kernel_timings() -> None:
     wg = w.clone().requires_grad_()
     y = conv.causal_conv1d_silu(xg, wg, bias)
     gy = torch.randn_like(y)
-    for bl, be, warps in ((32, 64, 8), (64, 32, 8), (16, 64, 4)):
-        conv.BWD_BLOCK_L, conv.BWD_BLOCK_E, conv.BWD_WARPS = bl, be, warps
-        timed("conv+SiLU bwd, triton", lambda: torch.autograd.grad(y, [xg, wg], gy,
-              retain_graph=True), 3 * L * E * 4 / 1e9, f"{bl}x{be}, {warps} warps")
-    conv.BWD_BLOCK_L, conv.BWD_BLOCK_E, conv.BWD_WARPS = 32, 64, 8
+    keep = conv.BWD_BLOCK_L, conv.BWD_BLOCK_E, conv.BWD_WARPS, conv.DX_WARPS
+    for bl, be, warps, dx_warps in (keep, (32, 64, 4, 4), (16, 64, 4, 4), (64, 64, 8, 8),
+                                    (32, 32, 4, 4), (32, 64, 8, 8)):
+        conv.BWD_BLOCK_L, conv.BWD_BLOCK_E, conv.BWD_WARPS, conv.DX_WARPS = (bl, be, warps,
+                                                                              dx_warps)
+        timed("conv+SiLU bwd, triton (2 passes)", lambda: torch.autograd.grad(
+              y, [xg, wg], gy, retain_graph=True), 3 * L * E * 4 / 1e9,
+              f"{bl}x{be}, {warps}/{dx_warps} warps")
+    conv.BWD_BLOCK_L, conv.BWD_BLOCK_E, conv.BWD_WARPS, conv.DX_WARPS = keep
 
     t = torch.randn(1, L, C, device=DEV)
     a = torch.randn(1, L, C, device=DEV)
@@ -567,25 +571,37 @@ def network_training(quick: bool, compile_: bool) -> None:
 
 @section("backward launch settings")
 def backward_sweep() -> None:
-    """fwd+bwd at E=64, L=2M, Bt=2 (the train step's batch) for backward kernel settings:
-    (chunk, channels per program, warps); the defaults first."""
+    """fwd+bwd at E=64, L=2M, Bt=2 (the train step's batch) for the launch settings of the
+    three kernel groups a backward pass adds, one group at a time (the others at their
+    defaults; the defaults first): the gradient kernel (chunk, channels per program, warps),
+    the adjoint pass (channels, warps) and the state-keeping forward (channels, warps)."""
     ts = triton_scan
-    keep = (ts.DEFAULT_CHUNK, ts.BWD_BLOCK_E, ts.BWD_WARPS)
+    groups = {
+        "gradient kernel": (("DEFAULT_CHUNK", "BWD_BLOCK_E", "BWD_WARPS"),
+                            ((16, 2, 1), (16, 4, 1), (16, 1, 1), (32, 2, 1))),
+        "adjoint pass": (("ADJ_BLOCK_E", "ADJ_WARPS"),
+                         ((16, 4), (16, 2), (8, 1), (8, 2), (64, 8), (32, 8))),
+        "state-keeping forward": (("STATES_BLOCK_E", "STATES_WARPS"),
+                                  ((16, 4), (16, 2), (8, 1), (8, 2), (64, 8), (32, 8))),
+    }
     args = scan_inputs(2, 2_097_152, 64)
     rows = []
-    for chunk, be, warps in (keep, (16, 2, 1), (32, 2, 1), (16, 1, 1), (32, 1, 1), (16, 4, 2),
-                             (16, 2, 2), (64, 1, 1)):
-        ts.DEFAULT_CHUNK, ts.BWD_BLOCK_E, ts.BWD_WARPS = chunk, be, warps
-        try:
-            ms = cuda_time(lambda: fwd_bwd("triton", args), reps=3, warmup=1)
-        except Exception as exc:
-            ms = f"failed: {type(exc).__name__}"
-        rows.append([chunk, be, warps, ms])
-        print(rows[-1], flush=True)
-    ts.DEFAULT_CHUNK, ts.BWD_BLOCK_E, ts.BWD_WARPS = keep
+    for group, (names, settings) in groups.items():
+        keep = tuple(getattr(ts, name) for name in names)
+        for values in (keep, *[v for v in settings if v != keep]):
+            for name, value in zip(names, values):
+                setattr(ts, name, value)
+            try:
+                ms = cuda_time(lambda: fwd_bwd("triton", args), reps=3, warmup=1)
+            except Exception as exc:
+                ms = f"failed: {type(exc).__name__}"
+            rows.append([group, ", ".join(f"{n}={v}" for n, v in zip(names, values)), ms])
+            print(rows[-1], flush=True)
+        for name, value in zip(names, keep):
+            setattr(ts, name, value)
     record("GPU: triton scan backward settings, Bt=2, E=64, L=2,097,152 (fwd+bwd)",
-           ["chunk", "channels/program", "warps", "ms"], rows,
-           notes=f"first row = the defaults; forward alone: chunk {ts.INFER_CHUNK}")
+           ["kernels", "setting", "ms"], rows,
+           notes=f"first row of each group = the defaults; forward alone: chunk {ts.INFER_CHUNK}")
 
 
 @section("engine: Segmenter.predict")

@@ -28,12 +28,26 @@ from napari_lightm.model.scan import is_available
 DEV = torch.device("cuda")
 
 
-def top_kernels(fn, title: str, top: int = 20, iters: int = 2, group: tuple = ()) -> None:
+def top_operators(prof, title: str, iters: int, top: int = 25) -> None:
+    """Record the ``top`` torch operators by the CUDA time of the kernels they launch
+    themselves, per input shapes (which op, at which size, the elementwise time is)."""
+    events = [e for e in prof.key_averages(group_by_input_shape=True)
+              if e.device_type == torch.autograd.DeviceType.CPU and e.self_device_time_total > 0]
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    rows = [[e.key[:50], str(e.input_shapes)[:70], e.count // iters,
+             e.self_device_time_total / iters / 1e3] for e in events[:top]]
+    record(title, ["operator", "input shapes", "calls/iter", "CUDA ms/iter"], rows)
+
+
+def top_kernels(fn, title: str, top: int = 20, iters: int = 2, group: tuple = (),
+                ops_title: str = "") -> None:
     """Profile ``iters`` calls of ``fn`` and record the ``top`` ops by CUDA time (and, with
-    ``group``, the summed time of the kernels whose names contain one of those)."""
+    ``group``, the summed time of the kernels whose names contain one of those; with
+    ``ops_title``, also the top operators by shape)."""
     fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU],
+                 record_shapes=bool(ops_title)) as prof:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
@@ -58,6 +72,8 @@ def top_kernels(fn, title: str, top: int = 20, iters: int = 2, group: tuple = ()
         note += (f"; of which {', '.join(group)}: {grouped / iters / 1e3:.1f} ms "
                  f"({100.0 * grouped / total:.0f} %)")
     record(title, ["kernel", "calls/iter", "ms/iter", "% of kernel time"], rows, notes=note)
+    if ops_title:
+        top_operators(prof, ops_title, iters)
 
 
 SCAN_KERNELS = ("_chunk_end_kernel", "_chunk_out_kernel", "_chunk_adj_kernel",
@@ -91,7 +107,8 @@ def main() -> None:
                 loss.backward()
 
         top_kernels(step, f"GPU profile: ours + {how}, TF32 matmuls, 3D f=32 train step "
-                    "2x128^3 (fwd+bwd)", top=30, iters=1, group=SCAN_KERNELS)
+                    "2x128^3 (fwd+bwd)", top=30, iters=1, group=SCAN_KERNELS,
+                    ops_title=f"GPU profile: ours + {how}, train step 2x128^3, top operators")
         if is_available("mamba_ssm"):  # the same step with mamba_ssm.Mamba mixers, fp32
             official = bench.official_network(net)
             disable_fast_path(official)  # plain modules, as released

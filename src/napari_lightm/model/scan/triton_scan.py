@@ -64,6 +64,10 @@ BWD_BLOCK_E = 2  # channels per program, backward kernel (more live tiles)
 FWD_WARPS = 4
 BWD_WARPS = 1  # one warp: the chunk's tokens stay in its threads (no cross-warp scan)
 BWD_MIN_PROGRAMS = 8192  # backward: split channels over programs until this many run
+ADJ_BLOCK_E = 32  # channels per program, backward's reverse pass over the chunks (adjoint)
+ADJ_WARPS = 4
+STATES_BLOCK_E = 32  # channels per program, the forward that keeps chunk states for backward
+STATES_WARPS = 4
 CARRY_BLOCK_K = 128  # chunk summaries scanned per step of the carry pass
 # Super-chunks: one program walks SUB consecutive chunks, the state in registers; only the
 # super-chunk summaries go through the (latency-bound) carry pass. SUB is the largest
@@ -641,7 +645,9 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk, store_states)
     n = A.shape[1]
     bn = _pow2(n)
     k = triton.cdiv(length, chunk)
-    e_blocks = triton.cdiv(e, FWD_BLOCK_E)
+    # the forward that keeps states for a backward pass has its own launch settings
+    be, warps = (STATES_BLOCK_E, STATES_WARPS) if store_states else (FWD_BLOCK_E, FWD_WARPS)
+    e_blocks = triton.cdiv(e, be)
     sub = _sub_chunks(k, e_blocks * bt, FWD_MIN_PROGRAMS, FWD_MAX_SUB)
     ks = triton.cdiv(k, sub)
     S = torch.empty(bt, ks, e, n, device=u.device, dtype=torch.float32)
@@ -652,7 +658,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk, store_states)
         u, delta, B, A, delta_bias if delta_bias is not None else dummy, S, DS,
         length, e, n, k, ks, sub, *_bt_strides(u), *_bt_strides(delta),
         *_bt_strides(B), HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-        T=chunk, BE=FWD_BLOCK_E, BN=bn, num_warps=FWD_WARPS,
+        T=chunk, BE=be, BN=bn, num_warps=warps,
     )
     _carry(S, DS, A, reverse=False)
     # one chunk per super-chunk: the carried summaries already are the chunk end states
@@ -666,8 +672,8 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk, store_states)
         length, e, n, k, ks, sub, *_bt_strides(u), *_bt_strides(delta),
         *_bt_strides(B), *_bt_strides(C), *_bt_strides(z), *_bt_strides(y),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus, STORE_STATES=store_states and sub > 1, T=chunk, BE=FWD_BLOCK_E,
-        BN=bn, num_warps=FWD_WARPS,
+        SOFTPLUS=softplus, STORE_STATES=store_states and sub > 1, T=chunk, BE=be, BN=bn,
+        num_warps=warps,
     )
     return y, H
 
@@ -732,13 +738,13 @@ class _TritonScan(torch.autograd.Function):
         # adjoint at every super-chunk start: reverse local pass, then reverse carry
         Q = torch.empty(bt, ks, e, n, **f32)
         DS = torch.empty(bt, ks, e, **f32)
-        grid_f = (ks, triton.cdiv(e, FWD_BLOCK_E), bt)
+        grid_f = (ks, triton.cdiv(e, ADJ_BLOCK_E), bt)
         _chunk_adj_kernel[grid_f](
             dy, z if z is not None else u, delta, C, A,
             bias if bias is not None else dummy, Q, DS, length, e, n, k, ks, sub,
             *_bt_strides(dy), *_bt_strides(z), *_bt_strides(delta), *_bt_strides(C),
             HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=ctx.softplus, FLIP=flip,
-            T=chunk, BE=FWD_BLOCK_E, BN=bn, num_warps=FWD_WARPS,
+            T=chunk, BE=ADJ_BLOCK_E, BN=bn, num_warps=ADJ_WARPS,
         )
         _carry(Q, DS, A, reverse=True)
 
@@ -748,7 +754,9 @@ class _TritonScan(torch.autograd.Function):
         dz = torch.empty(bt, length, e, **f32) if z is not None else None
         dB = torch.empty(groups, bt, length, n, **f32)
         dC = torch.empty(groups, bt, length, n, **f32)
-        M = torch.empty(bt, ks, e, n, **f32)  # mu handed from chunk to chunk (scratch)
+        # mu handed from chunk to chunk within a super-chunk (scratch); with one chunk per
+        # super-chunk the kernel never touches it (1 GB at E=64, L=2M, Bt=2: not allocated)
+        M = torch.empty(bt, ks, e, n, **f32) if sub > 1 else dummy
         dA = torch.empty(bt, ks, e, n, **f32)
         dD = torch.empty(bt, ks, e, **f32)
         dbias = torch.empty(bt, ks, e, **f32)
