@@ -298,18 +298,19 @@ def kernel_timings() -> None:
     timed("conv+SiLU fwd, torch ops", lambda: torch.nn.functional.silu(
         torch.nn.functional.conv1d(x.transpose(1, 2), w[:, None], bias, padding=3,
                                    groups=E)[..., :L]), gb)
-    for bl, be, warps in ((32, 64, 8), (64, 64, 8), (16, 64, 4), (128, 32, 8)):
+    keep = conv.FWD_BLOCK_L, conv.FWD_BLOCK_E, conv.FWD_WARPS
+    for bl, be, warps in (keep, (32, 64, 8), (16, 64, 4), (128, 32, 8)):
         conv.FWD_BLOCK_L, conv.FWD_BLOCK_E, conv.FWD_WARPS = bl, be, warps
         timed("conv+SiLU fwd, triton", lambda: conv.causal_conv1d_silu(x, w, bias), gb,
               f"{bl}x{be}, {warps} warps")
-    conv.FWD_BLOCK_L, conv.FWD_BLOCK_E, conv.FWD_WARPS = 32, 64, 8
+    conv.FWD_BLOCK_L, conv.FWD_BLOCK_E, conv.FWD_WARPS = keep
     xg = x.detach().clone().requires_grad_()
     wg = w.clone().requires_grad_()
     y = conv.causal_conv1d_silu(xg, wg, bias)
     gy = torch.randn_like(y)
     keep = conv.BWD_BLOCK_L, conv.BWD_BLOCK_E, conv.BWD_WARPS, conv.DX_WARPS
-    for bl, be, warps, dx_warps in (keep, (32, 64, 4, 4), (16, 64, 4, 4), (64, 64, 8, 8),
-                                    (32, 32, 4, 4), (32, 64, 8, 8)):
+    for bl, be, warps, dx_warps in (keep, (32, 64, 4, 4), (16, 64, 2, 2), (16, 32, 4, 4),
+                                    (8, 64, 2, 2), (32, 64, 8, 4)):
         conv.BWD_BLOCK_L, conv.BWD_BLOCK_E, conv.BWD_WARPS, conv.DX_WARPS = (bl, be, warps,
                                                                               dx_warps)
         timed("conv+SiLU bwd, triton (2 passes)", lambda: torch.autograd.grad(
@@ -323,14 +324,15 @@ def kernel_timings() -> None:
     s1 = torch.ones(1, device=DEV)
     gb = 2 * L * C * 4 / 1e9
     timed("LayerNorm fwd, torch", lambda: torch.nn.functional.layer_norm(t, (C,), lw, lb), gb)
-    for tile, warps in ((4096, 4), (2048, 4), (8192, 8), (1024, 2)):
+    keep = norms.LN_FWD_TILE, norms.LN_FWD_WARPS
+    for tile, warps in (keep, (4096, 4), (8192, 8), (1024, 2)):
         norms.LN_FWD_TILE, norms.LN_FWD_WARPS = tile, warps
         timed("LayerNorm fwd, triton", lambda: norms.layer_norm(t, lw, lb), gb,
               f"tile {tile}, {warps} warps")
         timed("residual+LayerNorm fwd, triton",
               lambda: norms.residual_layer_norm(a, t, s1, lw, lb), 1.5 * gb,
               f"tile {tile}, {warps} warps")
-    norms.LN_FWD_TILE, norms.LN_FWD_WARPS = 4096, 4
+    norms.LN_FWD_TILE, norms.LN_FWD_WARPS = keep
 
     fmap = torch.randn(1, C, 128, 128, 128, device=DEV)
     gw, gbias = torch.randn(C, device=DEV), torch.randn(C, device=DEV)

@@ -177,10 +177,40 @@ class _FusedResUpBlock(ResUpBlock):
 
 
 class _FusedHead(nn.Sequential):
-    """The head ``GroupNorm, ReLU, DWConv`` with the first two as one kernel."""
+    """The head ``GroupNorm, ReLU, DWConv`` with the first two as one kernel; a 1x1(x1)
+    DWConv (the released head) as one matrix product on the channels-last token view.
+
+    A depthwise 1x1 convolution is a per-channel scale and shift, so the pair is one
+    pointwise map ``W_pw diag(w_dw) x + (W_pw b_dw + b_pw)``: the same parameters (their
+    gradients flow through the product), one GEMM instead of cuDNN's grouped kernel, which
+    took 8 ms forward and 11 ms backward at 2x32x128^3 on an H200.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self[2](_gn_relu(self[0], x))
+        h = _gn_relu(self[0], x)
+        dw, pw = self[2]
+        if not _is_pointwise_pair(dw, pw):
+            return self[2](h)
+        c, out = dw.in_channels, pw.out_channels
+        w_pw = pw.weight.reshape(out, c)
+        weight = w_pw * dw.weight.reshape(1, c)
+        bias = pw.bias
+        if dw.bias is not None:
+            shift = w_pw @ dw.bias
+            bias = shift if bias is None else bias + shift
+        b, _, *spatial = h.shape
+        y = torch.nn.functional.linear(_tokens(h), weight, bias)  # [B, L, out]
+        return torch.movedim(y.reshape(b, *spatial, out), -1, 1)
+
+
+def _is_pointwise_pair(dw: nn.Module, pw: nn.Module) -> bool:
+    """A depthwise 1x1(x1) convolution followed by a 1x1(x1) one, no padding/stride."""
+    return (isinstance(dw, nn.modules.conv._ConvNd) and isinstance(pw, nn.modules.conv._ConvNd)
+            and dw.groups == dw.in_channels == dw.out_channels == pw.in_channels
+            and pw.groups == 1
+            and all(k == 1 for k in (*dw.kernel_size, *pw.kernel_size))
+            and all(s == 1 for s in (*dw.stride, *pw.stride))
+            and all(p == 0 for p in (*dw.padding, *pw.padding)))
 
 
 def _update_rvm(layer: RVMLayer) -> None:

@@ -42,17 +42,17 @@ import torch
 import triton
 import triton.language as tl
 
-# Launch constants (not yet timed on a GPU: sweep them there). A tile is BLOCK_L x BLOCK_E
-# elements; BLOCK_E is clipped to next_pow2(E) at launch. Register counts from ptxas for
-# sm_90 (K=4, SiLU): forward 32x64 / 8 warps 48 registers (64x64 / 4 warps: 220, which
-# starves occupancy); backward 32x64 / 8 warps 122 registers, no spills (32x64 / 4 warps
-# spills).
-FWD_BLOCK_L = 32  # tokens per forward program
+# Launch constants: the fastest of bench_gpu.py's sweeps on an H200 at L=2,097,152, E=64
+# (benchmarks/RESULTS.md, "fused kernels vs torch"): forward 64x64 / 8 warps 0.35 ms (32x64
+# 0.48 ms, torch's ops 5.3 ms); backward 16x64 / 4 warps in both passes 1.31 ms (32x64 /
+# 8 warps 1.94 ms; the single-pass backward before it 2.3 ms at its best setting). A tile
+# is BLOCK_L x BLOCK_E elements; BLOCK_E is clipped to next_pow2(E) at launch.
+FWD_BLOCK_L = 64  # tokens per forward program
 FWD_BLOCK_E = 64  # channels per program (64 fp32 = 256 contiguous bytes per token row)
 FWD_WARPS = 8
-BWD_BLOCK_L = 32  # tokens per backward tile (both passes)
+BWD_BLOCK_L = 16  # tokens per backward tile (both passes)
 BWD_BLOCK_E = 64
-BWD_WARPS = 8  # pass 1
+BWD_WARPS = 4  # pass 1
 DX_WARPS = 4  # pass 2
 # Backward pass 1: token blocks are grouped so that about this many programs run; fewer
 # programs means a smaller dweight/dbias partial buffer ([B, groups, K, E] float32), more
