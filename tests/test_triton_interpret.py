@@ -194,9 +194,9 @@ def test_first_pass_of_recomputation_keeps_no_states_and_exact_gradients(ts, mon
     calls = []
     forward = ts._forward
 
-    def spy(*args, store_states):
+    def spy(*args, store_states, starts=None):
         calls.append((args[9], store_states))  # chunk, states kept
-        return forward(*args, store_states=store_states)
+        return forward(*args, store_states=store_states, starts=starts)
 
     monkeypatch.setattr(ts, "_forward", spy)
     args = inputs(length=37, seed=11)
@@ -222,6 +222,47 @@ def test_first_pass_of_recomputation_keeps_no_states_and_exact_gradients(ts, mon
     with ts.first_pass_of_recomputation():  # the flag is scoped
         pass
     assert not getattr(ts._STATE, "first_pass", False)
+
+
+@pytest.mark.parametrize(("fwd_sub", "reused"), [(4, True), (1, False)],
+                         ids=["super-chunks of 32 tokens: reused", "8 tokens: not reusable"])
+def test_recomputation_reuses_the_first_pass_super_chunk_states(ts, monkeypatch, fwd_sub,
+                                                                reused):
+    """recomputation_contexts: the first pass (8-token chunks) hands its super-chunk end
+    states to the recomputation (16-token chunks), which then skips the end-state pass and
+    the carry (when its chunks tile the same super-chunks); gradients equal float64's."""
+    from torch.utils.checkpoint import checkpoint
+
+    force_super_chunks(ts, monkeypatch, fwd_sub, 1)
+    carries, starts_seen = [], []
+    carry, forward = ts._carry, ts._forward
+    monkeypatch.setattr(ts, "_carry", lambda *a, **k: carries.append(k["reverse"]) or
+                        carry(*a, **k))
+
+    def spy(*args, store_states, starts=None):
+        starts_seen.append(starts is not None)
+        return forward(*args, store_states=store_states, starts=starts)
+
+    monkeypatch.setattr(ts, "_forward", spy)
+    args = inputs(length=37, seed=13)
+    leaves = [t.clone().requires_grad_() for t in args]
+
+    def scan(*t):
+        return ts.selective_scan_triton(*t[:7], delta_bias=t[7], delta_softplus=True)
+
+    y = checkpoint(scan, *leaves, use_reentrant=False, context_fn=ts.recomputation_contexts,
+                   determinism_check="none")
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    grads = torch.autograd.grad(y, leaves, gy.float())
+    assert starts_seen == [False, True]  # the recomputation got the first pass's states
+    # forward carry of the first pass, (the recomputation's only if not reused), reverse
+    assert carries == ([False, True] if reused else [False, False, True])
+    leaves64 = [t.detach().double().requires_grad_() for t in args]
+    y64 = selective_scan_reference(*leaves64[:7], delta_bias=leaves64[7], delta_softplus=True)
+    assert rel(y, y64) < 1e-5
+    for name, g, g64 in zip(NAMES, grads, torch.autograd.grad(y64, leaves64, gy)):
+        assert rel(g, g64) < 1e-4, name
+    assert getattr(ts._STATE, "replay", None) is None and ts._STATE.handoff is None
 
 
 def test_reverse_scan_probe_passes_in_interpreter(ts):

@@ -138,20 +138,22 @@ class _FastRVMLayer(RVMLayer):
         if getattr(self, "_lightm_checkpoint", False) and torch.is_grad_enabled():
             # store only the input; recompute the mixer's activations in backward. The
             # first pass runs the Triton scan as for inference (nothing it would keep
-            # survives that pass); the recomputation keeps what the backward needs. Its
-            # saved tensors therefore differ in shape from the first pass's placeholders,
-            # hence no metadata check.
+            # survives that pass) and hands its super-chunk states on; the recomputation
+            # keeps what the backward needs. Its saved tensors therefore differ in shape
+            # from the first pass's placeholders, hence no metadata check.
             return checkpoint(inner, self, x, use_reentrant=False, context_fn=_pass_contexts,
                               determinism_check="none")
         return inner(self, x)
 
 
 def _pass_contexts():
-    """(first pass, recomputation) contexts of an RVM layer's activation checkpoint."""
+    """(first pass, recomputation) contexts of an RVM layer's activation checkpoint: the
+    Triton scan's first pass runs as for inference and hands its super-chunk states to the
+    recomputation (``triton_scan.recomputation_contexts``)."""
     if is_available("triton"):
-        from napari_lightm.model.scan.triton_scan import first_pass_of_recomputation
+        from napari_lightm.model.scan.triton_scan import recomputation_contexts
 
-        return first_pass_of_recomputation(), contextlib.nullcontext()
+        return recomputation_contexts()
     return contextlib.nullcontext(), contextlib.nullcontext()
 
 

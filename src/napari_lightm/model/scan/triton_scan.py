@@ -83,7 +83,7 @@ _STATE = threading.local()
 
 
 @contextlib.contextmanager
-def first_pass_of_recomputation():
+def first_pass_of_recomputation(handoff: list | None = None):
     """Inside: the scan's forward runs as for inference (``INFER_CHUNK``, no chunk states
     kept) while still recording its autograd node, because what that node saves is
     replaced by the recomputed forward's tensors before its backward runs.
@@ -91,14 +91,41 @@ def first_pass_of_recomputation():
     For activation checkpointing (``torch.utils.checkpoint`` with ``use_reentrant=False``,
     ``determinism_check="none"`` and this as the forward context of ``context_fn``): the
     first pass's saved tensors are dropped anyway, so keeping the chunk states there is
-    pure cost. The node keeps the chunk length the recomputation uses.
+    pure cost. The node keeps the chunk length the recomputation uses. With a ``handoff``
+    list, each scan appends its super-chunk end states (see :func:`recomputation_contexts`).
     """
-    before = getattr(_STATE, "first_pass", False)
-    _STATE.first_pass = True
+    before = getattr(_STATE, "first_pass", False), getattr(_STATE, "handoff", None)
+    _STATE.first_pass, _STATE.handoff = True, handoff
     try:
         yield
     finally:
-        _STATE.first_pass = before
+        _STATE.first_pass, _STATE.handoff = before
+
+
+@contextlib.contextmanager
+def recomputation_from(handoff: list):
+    """Inside: each scan that keeps chunk states for a backward pass takes the next entry
+    of ``handoff`` (left by :func:`first_pass_of_recomputation`) as its super-chunks' start
+    states and skips the passes that would compute them."""
+    before = getattr(_STATE, "replay", None)
+    _STATE.replay = handoff
+    try:
+        yield
+    finally:
+        _STATE.replay = before
+
+
+def recomputation_contexts():
+    """``(first pass, recomputation)`` contexts for one checkpointed call (``context_fn``).
+
+    The first pass's scans keep their super-chunk end states (a few MB: one ``[E, N]``
+    state per ~1000 tokens) and hand them to the same scans of the recomputation, which
+    then only re-walks the chunks to write ``y`` and the chunk states (its super-chunks
+    span the same tokens). The two passes of one call share a private list, so they pair
+    up whatever order the backward pass recomputes the calls in.
+    """
+    handoff: list = []
+    return first_pass_of_recomputation(handoff), recomputation_from(handoff)
 
 
 # ---------------------------------------------------------------- device helpers
@@ -638,9 +665,15 @@ def _sub_chunks(chunks: int, others: int, min_programs: int, max_sub: int) -> in
     return max(1, min(int(max_sub), chunks * others // max(int(min_programs), 1)))
 
 
-def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk, store_states):
-    """Launch the three forward stages; returns ``y`` and, with ``store_states``, the true
-    end state of every chunk ``H [Bt, K, E, N]`` (else None)."""
+def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk, store_states, starts=None):
+    """Launch the three forward stages; returns ``y``, with ``store_states`` the true end
+    state of every chunk ``H [Bt, K, E, N]`` (else None), the super-chunks' true end states
+    ``S [Bt, KS, E, N]`` and the tokens a super-chunk spans.
+
+    ``starts``: ``(S, span)`` of an earlier forward over the same inputs (any chunk length
+    dividing ``span``): stages 1 and 2 are skipped, stage 3 walks super-chunks of ``span``
+    tokens from those states. Ignored when the shapes do not fit.
+    """
     bt, length, e = u.shape
     n = A.shape[1]
     bn = _pow2(n)
@@ -649,18 +682,26 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk, store_states)
     be, warps = (STATES_BLOCK_E, STATES_WARPS) if store_states else (FWD_BLOCK_E, FWD_WARPS)
     e_blocks = triton.cdiv(e, be)
     sub = _sub_chunks(k, e_blocks * bt, FWD_MIN_PROGRAMS, FWD_MAX_SUB)
+    if starts is not None:
+        S, span = starts
+        if (span % chunk == 0 and S.device == u.device
+                and S.shape == (bt, triton.cdiv(length, span), e, n)):
+            sub = span // chunk
+        else:
+            starts = None
     ks = triton.cdiv(k, sub)
-    S = torch.empty(bt, ks, e, n, device=u.device, dtype=torch.float32)
-    DS = torch.empty(bt, ks, e, device=u.device, dtype=torch.float32)
     dummy = A  # placeholder pointer for absent optional tensors
     grid = (ks, e_blocks, bt)
-    _chunk_end_kernel[grid](
-        u, delta, B, A, delta_bias if delta_bias is not None else dummy, S, DS,
-        length, e, n, k, ks, sub, *_bt_strides(u), *_bt_strides(delta),
-        *_bt_strides(B), HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-        T=chunk, BE=be, BN=bn, num_warps=warps,
-    )
-    _carry(S, DS, A, reverse=False)
+    if starts is None:
+        S = torch.empty(bt, ks, e, n, device=u.device, dtype=torch.float32)
+        DS = torch.empty(bt, ks, e, device=u.device, dtype=torch.float32)
+        _chunk_end_kernel[grid](
+            u, delta, B, A, delta_bias if delta_bias is not None else dummy, S, DS,
+            length, e, n, k, ks, sub, *_bt_strides(u), *_bt_strides(delta),
+            *_bt_strides(B), HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+            T=chunk, BE=be, BN=bn, num_warps=warps,
+        )
+        _carry(S, DS, A, reverse=False)
     # one chunk per super-chunk: the carried summaries already are the chunk end states
     H = S if store_states and sub == 1 else None
     if store_states and sub > 1:
@@ -675,7 +716,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk, store_states)
         SOFTPLUS=softplus, STORE_STATES=store_states and sub > 1, T=chunk, BE=be, BN=bn,
         num_warps=warps,
     )
-    return y, H
+    return y, H, S, sub * chunk
 
 
 def _carry(S: torch.Tensor, DS: torch.Tensor, A: torch.Tensor, reverse: bool) -> None:
@@ -710,10 +751,17 @@ class _TritonScan(torch.autograd.Function):
         # first_pass_of_recomputation), which saves a placeholder in their place
         first = getattr(_STATE, "first_pass", False)
         store = any(ctx.needs_input_grad) and not first
-        y, H = _forward(u, delta, A32, B, C, D32, z, bias32, softplus,
-                        INFER_CHUNK if first else chunk, store_states=store)
+        # a recomputation takes the super-chunk states its first pass handed over
+        replay = None if first else getattr(_STATE, "replay", None)
+        starts = replay.pop(0) if replay else None
+        y, H, S, span = _forward(u, delta, A32, B, C, D32, z, bias32, softplus,
+                                 INFER_CHUNK if first else chunk, store_states=store,
+                                 starts=starts if store else None)
         if first:
             H = A32.new_empty(0)
+            handoff = getattr(_STATE, "handoff", None)
+            if handoff is not None:
+                handoff.append((S, span))
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, H)
         ctx.softplus, ctx.chunk = softplus, chunk
         ctx.dtypes = (A.dtype, None if D is None else D.dtype,
@@ -815,4 +863,11 @@ def selective_scan_triton(
     return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), chunk)
 
 
-__all__ = ["DEFAULT_CHUNK", "INFER_CHUNK", "first_pass_of_recomputation", "selective_scan_triton"]
+__all__ = [
+    "DEFAULT_CHUNK",
+    "INFER_CHUNK",
+    "first_pass_of_recomputation",
+    "recomputation_contexts",
+    "recomputation_from",
+    "selective_scan_triton",
+]
