@@ -184,41 +184,59 @@ def test_sub_chunk_policy(ts, chunks, others, min_programs, max_sub, want):
     assert ts._sub_chunks(chunks, others, min_programs, max_sub) == want
 
 
-def test_first_pass_of_recomputation_keeps_no_states_and_exact_gradients(ts, monkeypatch):
-    """Under activation checkpointing the first pass runs as inference (short chunks, no
-    chunk states); the recomputation keeps the states; gradients equal float64's."""
-    import contextlib
-
-    from torch.utils.checkpoint import checkpoint
-
+def spy_forward(ts, monkeypatch) -> list:
+    """Record ``(chunk, states kept, start states handed in)`` of every ``_forward`` call."""
     calls = []
     forward = ts._forward
 
     def spy(*args, store_states, starts=None):
-        calls.append((args[9], store_states))  # chunk, states kept
+        calls.append((args[9], store_states, starts is not None))
         return forward(*args, store_states=store_states, starts=starts)
 
     monkeypatch.setattr(ts, "_forward", spy)
-    args = inputs(length=37, seed=11)
+    return calls
+
+
+def checkpointed_scan(ts, args, context_fn):
+    """The scan under non-reentrant activation checkpointing: ``y`` and its leaves."""
+    from torch.utils.checkpoint import checkpoint
+
     leaves = [t.clone().requires_grad_() for t in args]
 
     def scan(*t):
         return ts.selective_scan_triton(*t[:7], delta_bias=t[7], delta_softplus=True)
 
-    def contexts():
-        return ts.first_pass_of_recomputation(), contextlib.nullcontext()
-
-    y = checkpoint(scan, *leaves, use_reentrant=False, context_fn=contexts,
+    y = checkpoint(scan, *leaves, use_reentrant=False, context_fn=context_fn,
                    determinism_check="none")
-    assert calls == [(ts.INFER_CHUNK, False)]
+    return y, leaves
+
+
+def assert_float64_gradients(args, y, leaves) -> None:
+    """``y`` and the gradients reaching ``leaves`` against float64 autograd of the reference."""
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     grads = torch.autograd.grad(y, leaves, gy.float())
-    assert calls == [(ts.INFER_CHUNK, False), (ts.DEFAULT_CHUNK, True)]
     leaves64 = [t.detach().double().requires_grad_() for t in args]
     y64 = selective_scan_reference(*leaves64[:7], delta_bias=leaves64[7], delta_softplus=True)
     assert rel(y, y64) < 1e-5
     for name, g, g64 in zip(NAMES, grads, torch.autograd.grad(y64, leaves64, gy)):
         assert rel(g, g64) < 1e-4, name
+
+
+def test_first_pass_of_recomputation_keeps_no_states_and_exact_gradients(ts, monkeypatch):
+    """Under activation checkpointing the first pass runs as inference (short chunks, no
+    chunk states); the recomputation keeps the states; gradients equal float64's."""
+    import contextlib
+
+    calls = spy_forward(ts, monkeypatch)
+    args = inputs(length=37, seed=11)
+
+    def contexts():
+        return ts.first_pass_of_recomputation(), contextlib.nullcontext()
+
+    y, leaves = checkpointed_scan(ts, args, contexts)
+    assert calls == [(ts.INFER_CHUNK, False, False)]
+    assert_float64_gradients(args, y, leaves)  # the backward runs the recomputation
+    assert calls == [(ts.INFER_CHUNK, False, False), (ts.DEFAULT_CHUNK, True, False)]
     with ts.first_pass_of_recomputation():  # the flag is scoped
         pass
     assert not getattr(ts._STATE, "first_pass", False)
@@ -231,37 +249,19 @@ def test_recomputation_reuses_the_first_pass_super_chunk_states(ts, monkeypatch,
     """recomputation_contexts: the first pass (8-token chunks) hands its super-chunk end
     states to the recomputation (16-token chunks), which then skips the end-state pass and
     the carry (when its chunks tile the same super-chunks); gradients equal float64's."""
-    from torch.utils.checkpoint import checkpoint
-
     force_super_chunks(ts, monkeypatch, fwd_sub, 1)
-    carries, starts_seen = [], []
-    carry, forward = ts._carry, ts._forward
+    carries = []
+    carry = ts._carry
     monkeypatch.setattr(ts, "_carry", lambda *a, **k: carries.append(k["reverse"]) or
                         carry(*a, **k))
-
-    def spy(*args, store_states, starts=None):
-        starts_seen.append(starts is not None)
-        return forward(*args, store_states=store_states, starts=starts)
-
-    monkeypatch.setattr(ts, "_forward", spy)
+    calls = spy_forward(ts, monkeypatch)
     args = inputs(length=37, seed=13)
-    leaves = [t.clone().requires_grad_() for t in args]
-
-    def scan(*t):
-        return ts.selective_scan_triton(*t[:7], delta_bias=t[7], delta_softplus=True)
-
-    y = checkpoint(scan, *leaves, use_reentrant=False, context_fn=ts.recomputation_contexts,
-                   determinism_check="none")
-    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    grads = torch.autograd.grad(y, leaves, gy.float())
-    assert starts_seen == [False, True]  # the recomputation got the first pass's states
+    y, leaves = checkpointed_scan(ts, args, ts.recomputation_contexts)
+    assert_float64_gradients(args, y, leaves)
+    # the recomputation got the first pass's states
+    assert calls == [(ts.INFER_CHUNK, False, False), (ts.DEFAULT_CHUNK, True, True)]
     # forward carry of the first pass, (the recomputation's only if not reused), reverse
     assert carries == ([False, True] if reused else [False, False, True])
-    leaves64 = [t.detach().double().requires_grad_() for t in args]
-    y64 = selective_scan_reference(*leaves64[:7], delta_bias=leaves64[7], delta_softplus=True)
-    assert rel(y, y64) < 1e-5
-    for name, g, g64 in zip(NAMES, grads, torch.autograd.grad(y64, leaves64, gy)):
-        assert rel(g, g64) < 1e-4, name
     assert getattr(ts._STATE, "replay", None) is None and ts._STATE.handoff is None
 
 
