@@ -7,7 +7,8 @@ The Mamba mixer's short convolution on token-major tensors ``x [B, L, E]``::
 with ``x = 0`` before the first token of every batch row (left padding ``K - 1``). The
 torch version (pad, K multiplies, K-1 adds, bias, SiLU) makes about eight passes over a
 ``[B, L, E]`` tensor; here the forward is one read of ``x`` and one write of ``y``, the
-backward one read of ``x`` and ``dy`` and one write of ``dx``.
+backward one read of ``x`` and ``dy``, one write of ``dx`` and one float32 intermediate
+(written once, read once; see below).
 
 Layout: a program owns ``BLOCK_L`` tokens x ``BLOCK_E`` channels of one batch row. The
 channels are the unit-stride axis, so every tile row is one coalesced load; the K shifted
