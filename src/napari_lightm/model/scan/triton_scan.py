@@ -37,6 +37,10 @@ forward from the stored ``H`` and ``lambda`` backward from the adjoint handed on
 later chunk, and forms all gradients. The cross-channel sums (``dB``, ``dC``) and the
 parameter sums (``dA``, ``dD``, ``d delta_bias``) go through small per-group /
 per-super-chunk partial buffers summed by torch (deterministic, no atomics).
+
+Under activation checkpointing (``model/cuda_fast.py``) the first pass runs as inference
+and hands its super-chunk end states to the recomputation (:func:`recomputation_contexts`),
+which then skips stages 1 and 2.
 """
 
 from __future__ import annotations
