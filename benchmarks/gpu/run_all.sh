@@ -26,7 +26,7 @@ export PYTHONPATH=/tmp/site:$(pwd)/src:$(pwd):${PYTHONPATH:-}
 timeout ${BENCH_TIMEOUT:-420} python3 benchmarks/gpu/bench_gpu.py "$@" 2>&1 | tee -a "$OUT/log.txt"
 timeout ${TEST_TIMEOUT:-300} python3 -m pytest -p no:cacheprovider -m gpu -q -rfE \
   tests/test_scan_gpu.py tests/test_kernels_conv.py tests/test_kernels_norms.py \
-  tests/test_cuda_fast.py 2>&1 | tail -25 | tee -a "$OUT/log.txt"
+  tests/test_kernels_dwconv.py tests/test_cuda_fast.py 2>&1 | tail -25 | tee -a "$OUT/log.txt"
 if [ "${PROFILE:-0}" = 1 ]; then  # where the time goes (top kernels), also into RESULTS_gpu.md
   timeout ${PROFILE_TIMEOUT:-120} python3 benchmarks/gpu/profile_gpu.py 2>&1 | tail -5 \
     | tee -a "$OUT/log.txt"

@@ -171,11 +171,20 @@ class _FusedResMambaBlock(ResMambaBlock):
 
 class _FusedResUpBlock(ResUpBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the depthwise 3x3(x3) convolution in the default layout: cuDNN's channels-last
-        # grouped kernels run it one group at a time (25 ms for three 3D blocks at 128^3 on
-        # an H200, seconds for the weight gradient in bf16); torch's own kernel does not
-        y = self.conv(_gn_relu(self.norm1, x).contiguous()) + self.skip_scale * x
-        return _gn_relu(self.norm2, y)
+        from napari_lightm.model.kernels import dwconv
+
+        h = _gn_relu(self.norm1, x)
+        dw, pw = self.conv
+        if dwconv.is_supported(dw) and _is_pointwise(pw):
+            # channels-last throughout: the Triton depthwise kernel, then the pointwise
+            # convolution as one GEMM on the token view
+            h = _pointwise_tokens(dwconv.depthwise_conv(h, dw.weight), pw.weight, pw.bias)
+        else:
+            # the default layout: cuDNN's channels-last grouped kernels run a depthwise
+            # convolution one group at a time (25 ms for three 3D blocks at 128^3 on an
+            # H200, seconds for the weight gradient in bf16); torch's own kernel does not
+            h = self.conv(h.contiguous())
+        return _gn_relu(self.norm2, h + self.skip_scale * x)
 
 
 class _FusedHead(nn.Sequential):
@@ -200,19 +209,32 @@ class _FusedHead(nn.Sequential):
         if dw.bias is not None:
             shift = w_pw @ dw.bias
             bias = shift if bias is None else bias + shift
-        b, _, *spatial = h.shape
-        y = torch.nn.functional.linear(_tokens(h), weight, bias)  # [B, L, out]
-        return torch.movedim(y.reshape(b, *spatial, out), -1, 1)
+        return _pointwise_tokens(h, weight, bias)
+
+
+def _pointwise_tokens(h: torch.Tensor, weight: torch.Tensor,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1x1(x1) convolution of ``h [B, C, *S]`` as one matrix product on the token view
+    (free for channels-last memory); a channels-last ``[B, out, *S]`` view back."""
+    out = weight.shape[0]
+    b, _, *spatial = h.shape
+    y = torch.nn.functional.linear(_tokens(h), weight.reshape(out, -1), bias)  # [B, L, out]
+    return torch.movedim(y.reshape(b, *spatial, out), -1, 1)
+
+
+def _is_pointwise(conv: nn.Module) -> bool:
+    """A dense 1x1(x1) convolution (no groups, stride or padding)."""
+    return (isinstance(conv, nn.modules.conv._ConvNd) and conv.groups == 1
+            and all(k == 1 for k in conv.kernel_size) and all(s == 1 for s in conv.stride)
+            and all(p == 0 for p in conv.padding))
 
 
 def _is_pointwise_pair(dw: nn.Module, pw: nn.Module) -> bool:
     """A depthwise 1x1(x1) convolution followed by a 1x1(x1) one, no padding/stride."""
-    return (isinstance(dw, nn.modules.conv._ConvNd) and isinstance(pw, nn.modules.conv._ConvNd)
+    return (isinstance(dw, nn.modules.conv._ConvNd) and _is_pointwise(pw)
             and dw.groups == dw.in_channels == dw.out_channels == pw.in_channels
-            and pw.groups == 1
-            and all(k == 1 for k in (*dw.kernel_size, *pw.kernel_size))
-            and all(s == 1 for s in (*dw.stride, *pw.stride))
-            and all(p == 0 for p in (*dw.padding, *pw.padding)))
+            and all(k == 1 for k in dw.kernel_size) and all(s == 1 for s in dw.stride)
+            and all(p == 0 for p in dw.padding))
 
 
 def _update_rvm(layer: RVMLayer) -> None:
