@@ -36,12 +36,11 @@ All math is float32 whatever the input dtype.
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from napari_lightm.model.kernels._host import DTYPES, interpreting, on_device, pow2
 
 # Launch constants: the fastest of bench_gpu.py's sweeps on an H200 at L=2,097,152, E=64
 # (benchmarks/RESULTS.md, "fused kernels vs torch"): forward 64x64 / 8 warps 0.35 ms (32x64
@@ -61,7 +60,6 @@ DX_WARPS = 4  # pass 2
 BWD_MIN_PROGRAMS = 4096
 MAX_WIDTH = 8  # largest kernel width K supported (backward pass 1 has one accumulator per tap)
 
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 # ---------------------------------------------------------------- device helpers
@@ -240,22 +238,9 @@ def _conv_dx_kernel(
 # ---------------------------------------------------------------- host side
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _pow2(x: int) -> int:
-    return triton.next_power_of_2(max(int(x), 1))
-
-
 def _unit_last(x: torch.Tensor) -> torch.Tensor:
     """The kernels take any batch/token strides but need the channel axis contiguous."""
     return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
-
-
-def _on_device(x: torch.Tensor):
-    """Launch on ``x``'s GPU (Triton launches on the current device)."""
-    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _bwd_groups(blocks: int, other_programs: int) -> tuple[int, int]:
@@ -274,12 +259,12 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     for name, v in (("x", x), ("weight", weight), ("bias", bias)):
         if v is not None and not isinstance(v, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
-    if x.device.type != "cuda" and not _interpreting():
+    if x.device.type != "cuda" and not interpreting():
         raise ValueError(f"causal_conv1d_silu needs CUDA tensors (or TRITON_INTERPRET=1), "
                          f"got x on {x.device}")
     if x.ndim != 3:
         raise ValueError(f"x must be [B, L, E], got shape {tuple(x.shape)}")
-    if x.dtype not in _DTYPES:
+    if x.dtype not in DTYPES:
         raise ValueError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
     e = x.shape[2]
     if weight.ndim == 3 and weight.shape[1] == 1:
@@ -340,10 +325,10 @@ def _forward(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor | None,
     y = torch.empty(bsz, length, e, device=x.device, dtype=x.dtype)
     if y.numel() == 0:
         return y
-    block_l = min(FWD_BLOCK_L, _pow2(length))
-    block_e = min(FWD_BLOCK_E, _pow2(e))
+    block_l = min(FWD_BLOCK_L, pow2(length))
+    block_e = min(FWD_BLOCK_E, pow2(e))
     grid = (triton.cdiv(length, block_l), triton.cdiv(e, block_e), bsz)
-    with _on_device(x):
+    with on_device(x):
         _conv_fwd_kernel[grid](
             x, w32, b32 if b32 is not None else w32, y,
             length, e, x.stride(0), x.stride(1),
@@ -362,8 +347,8 @@ def _backward(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor | None, dy: 
     if dx.numel() == 0:
         dw = torch.zeros_like(w32)
         return dx, dw, None if b32 is None else torch.zeros_like(b32)
-    block_l = min(BWD_BLOCK_L, _pow2(length))
-    block_e = min(BWD_BLOCK_E, _pow2(e))
+    block_l = min(BWD_BLOCK_L, pow2(length))
+    block_e = min(BWD_BLOCK_E, pow2(e))
     e_blocks = triton.cdiv(e, block_e)
     blocks = triton.cdiv(length, block_l)
     groups, per_prog = _bwd_groups(blocks, e_blocks * bsz)
@@ -373,7 +358,7 @@ def _backward(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor | None, dy: 
     halo = torch.empty(bsz, blocks, max(k - 1, 1), e, **f32)
     dw_part = torch.empty(bsz, groups, k, e, **f32)
     db_part = torch.empty(bsz, groups, e, **f32)
-    with _on_device(x):
+    with on_device(x):
         _conv_grad_kernel[(groups, e_blocks, bsz)](
             x, w32, b32 if b32 is not None else w32, dy, g, halo, dw_part, db_part,
             length, e, groups, blocks, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1),

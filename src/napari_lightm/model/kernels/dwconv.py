@@ -26,12 +26,11 @@ All math is float32 whatever the input dtype.
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from napari_lightm.model.kernels._host import DTYPES, interpreting, on_device
 
 # Launch constants (first guesses, to be swept on a GPU).
 BLOCK_W = 16  # voxels of a row per program
@@ -42,7 +41,6 @@ WGRAD_WARPS = 4
 WGRAD_MIN_PROGRAMS = 2048  # weight gradient: rows are grouped so that about this many run
 TAPS_P2 = 32  # taps padded to a power of two (27 or 9 used)
 
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
@@ -123,15 +121,6 @@ def _dw_wgrad_kernel(
 # ---------------------------------------------------------------- host side
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _on_device(x: torch.Tensor):
-    """Launch on ``x``'s GPU (Triton launches on the current device)."""
-    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
-
-
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     """``x [B, C, *S]`` with channels-last memory (a copy only when it is not already)."""
     fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
@@ -156,7 +145,7 @@ def _apply(x: torch.Tensor, w_taps: torch.Tensor, kd: int) -> torch.Tensor:
     bw = min(BLOCK_W, triton.next_power_of_2(w))
     bc = min(BLOCK_C, triton.next_power_of_2(c))
     grid = (b * d * h, triton.cdiv(w, bw), triton.cdiv(c, bc))
-    with _on_device(x):
+    with on_device(x):
         _dw_apply_kernel[grid](x, w_taps, y, d, h, w, c, KD=kd, BW=bw, BC=bc, num_warps=WARPS)
     return y
 
@@ -176,7 +165,7 @@ def _weight_grad(x: torch.Tensor, g: torch.Tensor, kd: int) -> torch.Tensor:
     groups = triton.cdiv(rows, per_prog)
     part = torch.empty(groups, triton.cdiv(w, bw), TAPS_P2, c, device=x.device,
                        dtype=torch.float32)
-    with _on_device(x):
+    with on_device(x):
         _dw_wgrad_kernel[(groups, triton.cdiv(w, bw), triton.cdiv(c, bc))](
             x, g, part, d, h, w, c, rows, per_prog,
             KD=kd, BW=bw, BC=bc, TP=TAPS_P2, num_warps=WGRAD_WARPS,
@@ -234,12 +223,12 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: wrong shapes, dtypes or devices.
     """
-    if x.device.type != "cuda" and not _interpreting():
+    if x.device.type != "cuda" and not interpreting():
         raise ValueError(f"depthwise_conv needs CUDA tensors (or TRITON_INTERPRET=1), got "
                          f"x on {x.device}")
     if x.ndim not in (4, 5):
         raise ValueError(f"x must be [B, C, H, W] or [B, C, D, H, W], got {tuple(x.shape)}")
-    if x.dtype not in _DTYPES:
+    if x.dtype not in DTYPES:
         raise ValueError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
     want = (x.shape[1], 1) + (3,) * (x.ndim - 2)
     if tuple(weight.shape) != want:

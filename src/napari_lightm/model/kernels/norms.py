@@ -42,12 +42,12 @@ Inputs may have any batch/token strides; the LayerNorms need a unit channel stri
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
+
+from napari_lightm.model.kernels._host import DTYPES, interpreting, pow2
 
 # Launch constants. A tile is BLOCK_T rows/tokens x BLOCK_C = next_pow2(C) channels with
 # BLOCK_T = TILE // BLOCK_C (rounded down to a power of two, at least 1). LayerNorm
@@ -66,7 +66,6 @@ GN_STATS_WARPS = 4
 GN_APPLY_WARPS = 4
 MAX_CHANNELS = 8192  # a row of C channels must fit one program's registers
 
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 # ---------------------------------------------------------------- LayerNorm kernels
@@ -311,19 +310,11 @@ def _gn_bwd_apply_kernel(
 # ---------------------------------------------------------------- host side
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _pow2(x: int) -> int:
-    return triton.next_power_of_2(max(int(x), 1))
-
-
 def _block_rows(tile: int, block_c: int, rows: int) -> int:
     """Rows per tile: ``tile // block_c`` rounded down to a power of two, at most ``rows``."""
     per = max(1, int(tile) // block_c)
     per = 1 << (per.bit_length() - 1)
-    return max(1, min(per, _pow2(rows)))
+    return max(1, min(per, pow2(rows)))
 
 
 def _as_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -339,9 +330,9 @@ def _as_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_device_dtype(name: str, x: torch.Tensor) -> None:
-    if x.device.type != "cuda" and not _interpreting():
+    if x.device.type != "cuda" and not interpreting():
         raise ValueError(f"triton norms need CUDA tensors, got {name} on {x.device}")
-    if x.dtype not in _DTYPES:
+    if x.dtype not in DTYPES:
         raise ValueError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
 
 
@@ -368,7 +359,7 @@ def _ln_forward(a, t, scale, w32, b32, eps):
     """Launch the LayerNorm forward on ``[B, L, C]`` inputs; returns ``y, mean, rstd``."""
     bsz, length, c = a.shape
     rows = bsz * length
-    block_c = _pow2(c)
+    block_c = pow2(c)
     block_t = _block_rows(LN_FWD_TILE, block_c, rows)
     dtype = a.dtype if t is None else torch.promote_types(a.dtype, t.dtype)
     y = torch.empty(bsz, length, c, device=a.device, dtype=dtype)
@@ -390,7 +381,7 @@ def _ln_backward(a, t, scale, w32, dy, mean, rstd, write_da, write_dt):
     """Launch the LayerNorm backward; returns ``da, dt, dw, db, ds`` (None where not asked)."""
     bsz, length, c = a.shape
     rows = bsz * length
-    block_c = _pow2(c)
+    block_c = pow2(c)
     block_t = _block_rows(LN_BWD_TILE, block_c, rows)
     tiles = triton.cdiv(rows, block_t)
     programs = min(tiles, max(1, int(LN_BWD_PROGRAMS)))
@@ -545,7 +536,7 @@ def residual_layer_norm(
 
 
 def _gn_launch(L: int, c: int, bsz: int) -> tuple[int, int, tuple[int, int]]:
-    block_c = _pow2(c)
+    block_c = pow2(c)
     block_t = _block_rows(GN_TILE, block_c, L)
     return block_t, block_c, (triton.cdiv(L, block_t), bsz)
 
@@ -567,7 +558,7 @@ class _GroupNormReLU(torch.autograd.Function):
         m2_k = torch.empty(bsz, k, g, **f32)
         _gn_stats_kernel[grid](
             x, mean_k, m2_k, L, c, g, cpg, k, *_strides3(x),
-            BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_G=_pow2(g), num_warps=GN_STATS_WARPS,
+            BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_G=pow2(g), num_warps=GN_STATS_WARPS,
         )
         # Chan et al.: combine the block (count, mean, M2) triples into per-(sample, group)
         # statistics; deviations are taken from the final mean, so nothing cancels

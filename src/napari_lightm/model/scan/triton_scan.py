@@ -47,12 +47,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import threading
 
 import torch
 import triton
 import triton.language as tl
+
+from napari_lightm.model.kernels._host import interpreting, pow2
 
 # Launch settings: the fastest of benchmarks/gpu/bench_gpu.py's sweeps on an H200 at
 # E=64, L=2,097,152 (benchmarks/RESULTS.md). Forward alone: 8-token chunks, 32 channels x
@@ -84,7 +85,7 @@ FWD_MAX_SUB = 128
 BWD_MAX_SUB = 1  # backward (adjoint + gradient kernels): keeps BWD_MIN_PROGRAMS super-chunks x Bt
 # Hardware approximations of exp2 / log2 / reciprocal on CUDA (one MUFU instruction each,
 # results below 1e-38 flushed to zero); Triton's interpreter has no inline asm.
-_FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+_FAST_MATH = tl.constexpr(not interpreting())
 
 _STATE = threading.local()
 
@@ -596,10 +597,6 @@ def _reverse_scan_needs_flip(device_index: int) -> bool:
 # ---------------------------------------------------------------- host side
 
 
-def _pow2(x: int) -> int:
-    return triton.next_power_of_2(max(int(x), 1))
-
-
 def _unit_last(x: torch.Tensor | None) -> torch.Tensor | None:
     """The kernels take any batch/token strides but need the last axis contiguous."""
     if x is None:
@@ -612,7 +609,7 @@ def _bt_strides(x: torch.Tensor | None) -> tuple[int, int]:
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias) -> None:
-    if u.device.type != "cuda" and not _interpreting():
+    if u.device.type != "cuda" and not interpreting():
         raise ValueError(f"triton scan needs CUDA tensors, got {u.device}")
     if u.ndim != 3 or delta.shape != u.shape:
         raise ValueError(f"u and delta must be [Bt, L, E] of equal shape, got {tuple(u.shape)}, "
@@ -649,12 +646,6 @@ def _check_chunk(u: torch.Tensor, chunk: int | None, tensors=()) -> int:
     return chunk
 
 
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _flip_mode(device: torch.device) -> bool:
     if device.type != "cuda":
         return _reverse_scan_needs_flip(-1)
@@ -683,7 +674,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, chunk, store_states,
     """
     bt, length, e = u.shape
     n = A.shape[1]
-    bn = _pow2(n)
+    bn = pow2(n)
     k = triton.cdiv(length, chunk)
     # the forward that keeps states for a backward pass has its own launch settings
     be, warps = (STATES_BLOCK_E, STATES_WARPS) if store_states else (FWD_BLOCK_E, FWD_WARPS)
@@ -730,7 +721,7 @@ def _carry(S: torch.Tensor, DS: torch.Tensor, A: torch.Tensor, reverse: bool) ->
     bt, k, e, n = S.shape
     be = 1  # one channel per program: the carry is a sequential walk, so spread it wide
     _carry_kernel[(triton.cdiv(e, be), bt)](
-        S, DS, A, e, n, k, REVERSE=reverse, BK=min(CARRY_BLOCK_K, _pow2(k)), BE=be, BN=_pow2(n),
+        S, DS, A, e, n, k, REVERSE=reverse, BK=min(CARRY_BLOCK_K, pow2(k)), BE=be, BN=pow2(n),
         num_warps=4,
     )
 
@@ -781,7 +772,7 @@ class _TritonScan(torch.autograd.Function):
         dy = _unit_last(dy)
         bt, length, e = u.shape
         n = A.shape[1]
-        bn = _pow2(n)
+        bn = pow2(n)
         chunk = ctx.chunk
         k = H.shape[1]
         flip = _flip_mode(u.device)
