@@ -227,6 +227,20 @@ def feature_map(shape, layout, seed, dtype=torch.float32, offset=0.0):
     return x
 
 
+def gn_affine(c, seed):
+    """GroupNorm weight (around 1) and bias for ``c`` channels, from seeds ``seed, seed+1``."""
+    return (torch.randn(c, generator=gen(seed)) * 0.5 + 1,
+            torch.randn(c, generator=gen(seed + 1)) * 0.5)
+
+
+def gn_relu_both(fn, x, groups, w, b):
+    """``fn``'s ReLU(GroupNorm(x)) and float64 torch's, with the leaves of each."""
+    ins, ins64 = leaves(x, w, b), leaves(x, w, b, dtype=torch.float64)
+    y = fn(ins[0], groups, ins[1], ins[2], 1e-5)
+    y64 = F.relu(F.group_norm(ins64[0], groups, ins64[1], ins64[2], 1e-5))
+    return y, y64, ins, ins64
+
+
 def assert_channels_last(y):
     b, c = y.shape[:2]
     assert torch.movedim(y, 1, -1).is_contiguous()  # the token view [B, L, C] is free
@@ -252,17 +266,12 @@ def assert_channels_last(y):
 )
 def test_group_norm_relu_matches_float64(nm, c, groups, spatial, layout):
     x = feature_map((2, c, *spatial), layout, seed=c + len(spatial))
-    w = torch.randn(c, generator=gen(14)) * 0.5 + 1
-    b = torch.randn(c, generator=gen(15)) * 0.5
-    x_, w_, b_ = leaves(x, w, b)
-    assert x_.stride() == x.stride()  # clone kept the layout under test
-    x64, w64, b64 = leaves(x, w, b, dtype=torch.float64)
-    y = nm.group_norm_relu(x_, groups, w_, b_, 1e-5)
-    y64 = F.relu(F.group_norm(x64, groups, w64, b64, 1e-5))
+    y, y64, ins, ins64 = gn_relu_both(nm.group_norm_relu, x, groups, *gn_affine(c, 14))
+    assert ins[0].stride() == x.stride()  # clone kept the layout under test
     assert y.dtype == torch.float32
     assert_channels_last(y)
     assert (y == 0).any() and (y > 0).any()  # the ReLU mask matters in the gradients
-    check_grads(y, y64, [x_, w_, b_], [x64, w64, b64], ["x", "weight", "bias"], 1e-5)
+    check_grads(y, y64, ins, ins64, ["x", "weight", "bias"], 1e-5)
 
 
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "no affine"])
@@ -282,30 +291,20 @@ def test_group_norm_without_relu(nm, affine):
 def test_group_norm_large_mean_is_stable(nm, layout):
     """mean 1e3, std 1 over many token blocks: Chan's combination keeps the variance."""
     x = feature_map((2, 16, 9, 10), layout, seed=19, offset=1e3)
-    w = torch.randn(16, generator=gen(20)) * 0.5 + 1
-    b = torch.randn(16, generator=gen(21)) * 0.5
-    x_, w_, b_ = leaves(x, w, b)
-    x64, w64, b64 = leaves(x, w, b, dtype=torch.float64)
-    y = nm.group_norm_relu(x_, 8, w_, b_, 1e-5)
-    y64 = F.relu(F.group_norm(x64, 8, w64, b64, 1e-5))
+    y, y64, ins, ins64 = gn_relu_both(nm.group_norm_relu, x, 8, *gn_affine(16, 20))
     # float32 rounding of a 1e3 input is ~3e-5 of its std; a one-pass E[x^2] - E[x]^2 in
     # float32 would be off by O(1)
-    check_grads(y, y64, [x_, w_, b_], [x64, w64, b64], ["x", "weight", "bias"], 2e-4)
+    check_grads(y, y64, ins, ins64, ["x", "weight", "bias"], 2e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_group_norm_relu_half_inputs(nm, dtype):
     x = feature_map((2, 32, 3, 4, 5), "channels_last", seed=22, dtype=dtype)
-    w = torch.randn(32, generator=gen(23)) * 0.5 + 1
-    b = torch.randn(32, generator=gen(24)) * 0.5
-    x_, w_, b_ = leaves(x, w, b)
-    x64, w64, b64 = leaves(x, w, b, dtype=torch.float64)
-    y = nm.group_norm_relu(x_, 8, w_, b_, 1e-5)
-    y64 = F.relu(F.group_norm(x64, 8, w64, b64, 1e-5))
+    y, y64, ins, ins64 = gn_relu_both(nm.group_norm_relu, x, 8, *gn_affine(32, 23))
     assert y.dtype == dtype
     assert_channels_last(y)
     tol = 2e-2 if dtype == torch.bfloat16 else 4e-3  # the output/gradient rounding only
-    check_grads(y, y64, [x_, w_, b_], [x64, w64, b64], ["x", "weight", "bias"], tol)
+    check_grads(y, y64, ins, ins64, ["x", "weight", "bias"], tol)
 
 
 def test_group_norm_single_block_and_batch_one(nm, monkeypatch):
@@ -377,16 +376,12 @@ def nm_gpu():
 def test_gpu_group_norm_relu_realistic(nm_gpu, layout, dtype):
     """1x32x64^3, the 3D network's full-resolution width, against float64 torch."""
     x = feature_map((1, 32, 64, 64, 64), layout, seed=30, offset=0.5).cuda().to(dtype)
-    w = (torch.randn(32, generator=gen(31)) * 0.5 + 1).cuda()
-    b = (torch.randn(32, generator=gen(32)) * 0.5).cuda()
-    x_, w_, b_ = leaves(x, w, b)
-    x64, w64, b64 = leaves(x, w, b, dtype=torch.float64)
-    y = nm_gpu.group_norm_relu(x_, 8, w_, b_, 1e-5)
-    y64 = F.relu(F.group_norm(x64, 8, w64, b64, 1e-5))
+    w, b = (t.cuda() for t in gn_affine(32, 31))
+    y, y64, ins, ins64 = gn_relu_both(nm_gpu.group_norm_relu, x, 8, w, b)
     assert y.dtype == dtype
     assert_channels_last(y)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
-    check_grads(y, y64, [x_, w_, b_], [x64, w64, b64], ["x", "weight", "bias"], tol)
+    check_grads(y, y64, ins, ins64, ["x", "weight", "bias"], tol)
 
 
 @pytest.mark.gpu
