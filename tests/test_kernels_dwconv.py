@@ -139,7 +139,7 @@ def test_is_supported(kd):
 @pytest.mark.parametrize(
     ("kind", "message"),
     [("ndim", r"x must be \[B, C, H, W\]"), ("float64", "float32, bfloat16 or float16"),
-     ("weight", r"weight must be \[3, 1, 3, 3\]")],
+     ("weight", r"weight must be \[3, 1, 3, 3\]"), ("device", "weight is on meta")],
 )
 def test_bad_input_is_named(kd, kind, message):
     x, w = make((1, 3, 4, 4))
@@ -147,6 +147,8 @@ def test_bad_input_is_named(kd, kind, message):
         x = x[0]
     elif kind == "float64":
         x = x.double()
+    elif kind == "device":
+        w = w.to("meta")
     else:
         w = w[..., :2]
     with pytest.raises(ValueError, match=message):
