@@ -529,6 +529,9 @@ def network_training(quick: bool, compile_: bool) -> None:
     name = "ours (" + ours.scan_backend + ")"
     variants += [(f"{name} + {how}, fp32", fused, "fp32"),
                  (f"{name} + {how}, TF32 matmuls", fused, "tf32")]
+    if triton_scan.WALK_BWD:  # the scan's other backward, same network
+        variants.append((f"{name} + {how}, fp32, chunk backward (WALK_BWD=False)", fused,
+                         "fp32", {"WALK_BWD": False}))
     if compile_:
         plain = copy.deepcopy(ours)
         enable_rvm_checkpointing(plain, False)
@@ -536,8 +539,11 @@ def network_training(quick: bool, compile_: bool) -> None:
                          torch.compile(plain, dynamic=False), "bf16"))
     del ours
     rows, base = [], None
-    for label, net, mode in variants:
+    for label, net, mode, *settings in variants:
         opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-5, eps=1e-5)
+        keep = {k: getattr(triton_scan, k) for k in (settings[0] if settings else {})}
+        for k, v in (settings[0] if settings else {}).items():
+            setattr(triton_scan, k, v)
 
         def step(net=net, opt=opt, mode=mode):
             opt.zero_grad(set_to_none=True)
@@ -560,6 +566,9 @@ def network_training(quick: bool, compile_: bool) -> None:
             del opt
             torch.cuda.empty_cache()
             continue
+        finally:
+            for k, v in keep.items():
+                setattr(triton_scan, k, v)
         base = base or ms
         rows.append(["2x1x128x128x128", label, ms, mem, base / ms, first])
         print(rows[-1], flush=True)
@@ -574,17 +583,21 @@ def network_training(quick: bool, compile_: bool) -> None:
 @section("backward launch settings")
 def backward_sweep() -> None:
     """fwd+bwd at E=64, L=2M, Bt=2 (the train step's batch) for the launch settings of the
-    three kernel groups a backward pass adds, one group at a time (the others at their
-    defaults; the defaults first): the gradient kernel (chunk, channels per program, warps),
-    the adjoint pass (channels, warps) and the state-keeping forward (channels, warps)."""
+    kernel groups a backward pass adds, one group at a time (the others at their defaults;
+    the defaults first): the walk backward against the chunk backward (and the walk's
+    channels per program, warps, super-chunks), the chunk backward's gradient kernel
+    (chunk, channels per program, warps) and the adjoint pass both use (channels, warps)."""
     ts = triton_scan
     groups = {
-        "gradient kernel": (("DEFAULT_CHUNK", "BWD_BLOCK_E", "BWD_WARPS"),
-                            ((16, 2, 1), (16, 4, 1), (16, 1, 1), (32, 2, 1))),
-        "adjoint pass": (("ADJ_BLOCK_E", "ADJ_WARPS"),
-                         ((16, 4), (16, 2), (8, 1), (8, 2), (64, 8), (32, 8))),
-        "state-keeping forward": (("STATES_BLOCK_E", "STATES_WARPS"),
-                                  ((16, 4), (16, 2), (8, 1), (8, 2), (64, 8), (32, 8))),
+        "walk backward": (("WALK_BWD", "WALK_BLOCK_E", "WALK_WARPS"),
+                          ((False, 32, 1), (True, 64, 2), (True, 64, 1), (True, 32, 2),
+                           (True, 16, 1))),
+        "walk super-chunks": (("WALK_MIN_PROGRAMS", "WALK_MAX_SUB"),
+                              ((16384, 1), (8192, 16), (32768, 16), (16384, 64))),
+        "chunk backward's gradient kernel": (
+            ("WALK_BWD", "DEFAULT_CHUNK", "BWD_BLOCK_E", "BWD_WARPS"),
+            ((False, 16, 2, 1), (False, 16, 4, 1), (False, 32, 2, 1))),
+        "adjoint pass": (("ADJ_BLOCK_E", "ADJ_WARPS"), ((16, 4), (8, 1), (64, 8))),
     }
     args = scan_inputs(2, 2_097_152, 64)
     rows = []

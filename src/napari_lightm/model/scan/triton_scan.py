@@ -77,6 +77,14 @@ ADJ_WARPS = 4
 STATES_BLOCK_E = 32  # channels per program, the forward that keeps chunk states for backward
 STATES_WARPS = 4
 CARRY_BLOCK_K = 128  # chunk summaries scanned per step of the carry pass
+# Backward as two token walks per chunk (_walk_bwd_kernel): the states in-thread, the
+# channels on the lanes, WALK_BLOCK_E channels per program (32 x WALK_WARPS lanes, the rest
+# in-thread); super-chunks of up to WALK_MAX_SUB chunks while WALK_MIN_PROGRAMS programs run.
+WALK_BWD = True
+WALK_BLOCK_E = 32
+WALK_WARPS = 1
+WALK_MIN_PROGRAMS = 16384
+WALK_MAX_SUB = 16
 # Super-chunks: one program walks SUB consecutive chunks, the state in registers; only the
 # super-chunk summaries go through the (latency-bound) carry pass. SUB is the largest
 # value (<= *_MAX_SUB) that still leaves *_MIN_PROGRAMS programs; MAX_SUB = 1 turns it off.
@@ -559,6 +567,153 @@ def _chunk_bwd_kernel(
         tl.debug_barrier()
 
 
+@triton.jit(do_not_specialize=["se"])
+def _walk_bwd_kernel(
+    u_ptr, d_ptr, b_ptr, c_ptr, at_ptr, dskip_ptr, z_ptr, bias_ptr, dy_ptr, h_ptr, q_ptr,
+    du_ptr, dd_ptr, dz_ptr, db_ptr, dc_ptr, da_ptr, dds_ptr, dbias_ptr,
+    L, E, N, K, KS, SUB, Bt,
+    su_b, su_t, sd_b, sd_t, sb_b, sb_t, sc_b, sc_t, sz_b, sz_t, sdy_b, sdy_t, se,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    T: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr,
+):
+    """All gradients of super-chunk ``ks`` for ``BE`` channels, as two token walks per chunk.
+
+    Each thread owns whole channels: tiles are ``[BN, BE]`` (the states in-thread, the
+    channels on the lanes) and the tokens are walked one at a time. Chunk k (last to first)
+    is walked forward from its true start state ``H[b, k-1]`` and then backward from the
+    adjoint ``nu = a_{s'} lambda_{s'}`` handed on by the chunk after it (``Q[b, ks+1]`` for
+    the super-chunk's last chunk), so ``h`` and ``lambda`` are never needed at the same
+    token: the terms that pair them, ``q_t = lambda_t a_t h_{t-1}`` (in ``d delta`` and
+    ``dA``), follow from ``q_t = q_{t+1} + g_t C_t h_t - lambda_t b_t`` with
+    ``q_{T+1} = nu h_T``: suffix sums of a forward-walk term and of a backward-walk term.
+    The forward walk writes its per-token part (``g_t <A, C_t h_t>``) into ``d delta`` as
+    scratch, which the backward walk reads back and overwrites. ``se`` is 0 (not
+    specialised): it hides the channels' alignment so their loads stay one per lane.
+    """
+    ks = tl.program_id(0)
+    eb = tl.program_id(1)
+    bb = tl.program_id(2).to(tl.int64)
+    e = eb * BE + tl.arange(0, BE)
+    n = tl.arange(0, BN)
+    e_mask, n_mask = e < E, n < N
+    ne_mask = n_mask[:, None] & e_mask[None, :]
+    ne_off = (e[None, :] * N + n[:, None]).to(tl.int64)  # [BN, BE] into [E, N] arrays
+    ec = e + se  # channel offsets of the token-major tensors (and of A^T)
+    a2 = tl.load(at_ptr + n[:, None] * E + ec[None, :], mask=ne_mask, other=0.0)
+    a2 = a2 * 1.4426950408889634  # A^T tile in log2 units: exp(delta A) = exp2(delta a2)
+    if HAS_D:
+        dskip = tl.load(dskip_ptr + e, mask=e_mask, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e, mask=e_mask, other=0.0)
+    k0 = ks * SUB
+    count = tl.minimum(K - k0, SUB)
+    # the adjoint entering the super-chunk (nothing flows back into the last one)
+    nu = tl.load(q_ptr + (bb * KS + tl.minimum(ks + 1, KS - 1)) * E * N + ne_off,
+                 mask=tl.where(ks + 1 < KS, ne_mask, False), other=0.0)
+    d_a = tl.zeros((BN, BE), tl.float32)
+    d_skip = tl.zeros((BE,), tl.float32)
+    d_bias = tl.zeros((BE,), tl.float32)
+    out_b = bb * L * E  # du, d delta, dz: contiguous [Bt, L, E]
+    part_b = (eb * Bt + bb) * L  # dB, dC partials: [blocks, Bt, L, N]
+    for jj in range(0, count):
+        k = k0 + count - 1 - jj
+        h = tl.load(h_ptr + (bb * K + tl.maximum(k - 1, 0)) * E * N + ne_off,
+                    mask=tl.where(k > 0, ne_mask, False), other=0.0)
+        dt_sum = tl.zeros((BE,), tl.float32)
+        # forward walk: h_t, y_ssm (dz), dC, and the forward terms of q
+        for i in range(0, T):
+            t = k * T + i
+            m_e = tl.where(t < L, e_mask, False)
+            m_n = tl.where(t < L, n_mask, False)
+            raw = tl.load(d_ptr + bb * sd_b + t * sd_t + ec, mask=m_e, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                raw += bias
+            if SOFTPLUS:
+                dt = tl.where(m_e, _softplus(raw), 0.0)
+            else:
+                dt = tl.where(m_e, raw, 0.0)
+            u = tl.load(u_ptr + bb * su_b + t * su_t + ec, mask=m_e, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + bb * sdy_b + t * sdy_t + ec, mask=m_e,
+                         other=0.0).to(tl.float32)
+            if HAS_Z:
+                z = tl.load(z_ptr + bb * sz_b + t * sz_t + ec, mask=m_e,
+                            other=0.0).to(tl.float32)
+                sz = _sigmoid(z)
+                g = dy * z * sz
+            else:
+                g = dy
+            bm = tl.load(b_ptr + bb * sb_b + t * sb_t + n, mask=m_n, other=0.0).to(tl.float32)
+            cm = tl.load(c_ptr + bb * sc_b + t * sc_t + n, mask=m_n, other=0.0).to(tl.float32)
+            a = _ex2(dt[None, :] * a2)
+            h = a * h + (dt * u)[None, :] * bm[:, None]
+            ch = cm[:, None] * h
+            y_ssm = tl.sum(ch, axis=0)
+            dt_sum += dt
+            d_a += ch * (g * dt_sum)[None, :]
+            tl.store(dc_ptr + (part_b + t) * N + n, tl.sum(h * g[None, :], axis=1), mask=m_n)
+            tl.store(dd_ptr + out_b + t * E + e, g * tl.sum(a2 * ch, axis=0), mask=m_e)
+            if HAS_D:
+                d_skip += g * u
+                y_ssm += dskip * u
+            if HAS_Z:
+                tl.store(dz_ptr + out_b + t * E + e, dy * y_ssm * sz * (1.0 + z * (1.0 - sz)),
+                         mask=m_e)
+        # q_{T+1} = nu h_T enters every q_t of the chunk
+        c0 = tl.sum(a2 * nu * h, axis=0)
+        d_a += dt_sum[None, :] * nu * h
+        suf = c0
+        dt_run = dt_sum
+        tl.debug_barrier()  # the scratch in d delta is read back by its own lanes
+        # backward walk: lambda_t, du, d delta, dB and the backward terms of q
+        for i in range(0, T):
+            t = k * T + T - 1 - i
+            m_e = tl.where(t < L, e_mask, False)
+            m_n = tl.where(t < L, n_mask, False)
+            raw = tl.load(d_ptr + bb * sd_b + t * sd_t + ec, mask=m_e, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                raw += bias
+            if SOFTPLUS:
+                dt = tl.where(m_e, _softplus(raw), 0.0)
+            else:
+                dt = tl.where(m_e, raw, 0.0)
+            u = tl.load(u_ptr + bb * su_b + t * su_t + ec, mask=m_e, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + bb * sdy_b + t * sdy_t + ec, mask=m_e,
+                         other=0.0).to(tl.float32)
+            if HAS_Z:
+                z = tl.load(z_ptr + bb * sz_b + t * sz_t + ec, mask=m_e,
+                            other=0.0).to(tl.float32)
+                g = dy * z * _sigmoid(z)
+            else:
+                g = dy
+            bm = tl.load(b_ptr + bb * sb_b + t * sb_t + n, mask=m_n, other=0.0).to(tl.float32)
+            cm = tl.load(c_ptr + bb * sc_b + t * sc_t + n, mask=m_n, other=0.0).to(tl.float32)
+            lam = nu + cm[:, None] * g[None, :]
+            lam_b = lam * bm[:, None]
+            s1 = tl.sum(lam_b, axis=0)
+            dtu = dt * u
+            suf += tl.load(dd_ptr + out_b + t * E + e, mask=m_e, other=0.0)
+            suf -= dtu * tl.sum(a2 * lam_b, axis=0)
+            d_dt = u * s1 + suf * 0.6931471805599453  # suf is in units of A log2(e)
+            du = dt * s1
+            if HAS_D:
+                du += dskip * g
+            if SOFTPLUS:
+                d_dt = d_dt * _sigmoid(raw)
+            d_dt = tl.where(m_e, d_dt, 0.0)
+            d_bias += d_dt
+            tl.store(du_ptr + out_b + t * E + e, du, mask=m_e)
+            tl.store(dd_ptr + out_b + t * E + e, d_dt, mask=m_e)
+            tl.store(db_ptr + (part_b + t) * N + n, tl.sum(lam * dtu[None, :], axis=1), mask=m_n)
+            d_a -= lam_b * (dtu * dt_run)[None, :]
+            dt_run -= dt
+            nu = _ex2(dt[None, :] * a2) * lam
+        tl.debug_barrier()
+    base = (bb * KS + ks) * E
+    tl.store(da_ptr + base * N + ne_off, d_a, mask=ne_mask)
+    tl.store(dds_ptr + base + e, d_skip, mask=e_mask)
+    tl.store(dbias_ptr + base + e, d_bias, mask=e_mask)
+
+
 # ---------------------------------------------------------------- reverse-scan probe
 
 
@@ -768,8 +923,10 @@ class _TritonScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        u, delta, A, B, C, D, z, bias, H = ctx.saved_tensors
         dy = _unit_last(dy)
+        if WALK_BWD:
+            return _walk_backward(ctx, dy)
+        u, delta, A, B, C, D, z, bias, H = ctx.saved_tensors
         bt, length, e = u.shape
         n = A.shape[1]
         bn = pow2(n)
@@ -829,6 +986,72 @@ class _TritonScan(torch.autograd.Function):
             None if bias is None else dbias.sum((0, 1)).to(bias_dt),
         ]
         return (*grads, None, None)
+
+
+def _adjoint_starts(dy, z, delta, C, A, bias, softplus, chunk, k, sub):
+    """``Q [Bt, KS, E, N]``: the true adjoint ``a_s lambda_s`` at every super-chunk's first
+    token ``s`` (reverse local passes, then the reverse carry)."""
+    bt, length, e = delta.shape
+    n = A.shape[1]
+    ks = triton.cdiv(k, sub)
+    f32 = dict(device=delta.device, dtype=torch.float32)
+    Q = torch.empty(bt, ks, e, n, **f32)
+    DS = torch.empty(bt, ks, e, **f32)
+    _chunk_adj_kernel[(ks, triton.cdiv(e, ADJ_BLOCK_E), bt)](
+        dy, z if z is not None else delta, delta, C, A, bias if bias is not None else A, Q, DS,
+        length, e, n, k, ks, sub,
+        *_bt_strides(dy), *_bt_strides(z), *_bt_strides(delta), *_bt_strides(C),
+        HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+        FLIP=_flip_mode(delta.device), T=chunk, BE=ADJ_BLOCK_E, BN=pow2(n), num_warps=ADJ_WARPS,
+    )
+    _carry(Q, DS, A, reverse=True)
+    return Q
+
+
+def _walk_backward(ctx, dy):
+    """The backward pass through :func:`_walk_bwd_kernel` (see its docstring)."""
+    u, delta, A, B, C, D, z, bias, H = ctx.saved_tensors
+    bt, length, e = u.shape
+    n = A.shape[1]
+    chunk = ctx.chunk
+    k = H.shape[1]
+    blocks = triton.cdiv(e, WALK_BLOCK_E)
+    sub = _sub_chunks(k, bt * blocks, WALK_MIN_PROGRAMS, WALK_MAX_SUB)
+    ks = triton.cdiv(k, sub)
+    Q = _adjoint_starts(dy, z, delta, C, A, bias, ctx.softplus, chunk, k, sub)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    du = torch.empty(bt, length, e, **f32)
+    dd = torch.empty(bt, length, e, **f32)
+    dz = torch.empty(bt, length, e, **f32) if z is not None else None
+    dB = torch.empty(blocks, bt, length, n, **f32)
+    dC = torch.empty(blocks, bt, length, n, **f32)
+    dA = torch.empty(bt, ks, e, n, **f32)
+    dD = torch.empty(bt, ks, e, **f32)
+    dbias = torch.empty(bt, ks, e, **f32)
+    dummy = A
+    _walk_bwd_kernel[(ks, blocks, bt)](
+        u, delta, B, C, A.t().contiguous(), D if D is not None else dummy,
+        z if z is not None else u,
+        bias if bias is not None else dummy, dy, H, Q,
+        du, dd, dz if dz is not None else du, dB, dC, dA, dD, dbias,
+        length, e, n, k, ks, sub, bt,
+        *_bt_strides(u), *_bt_strides(delta), *_bt_strides(B), *_bt_strides(C),
+        *_bt_strides(z), *_bt_strides(dy), 0,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None,
+        SOFTPLUS=ctx.softplus, T=chunk, BE=WALK_BLOCK_E, BN=pow2(n), num_warps=WALK_WARPS,
+    )
+    a_dt, d_dt, bias_dt = ctx.dtypes
+    grads = [
+        du.to(u.dtype),
+        dd.to(delta.dtype),
+        dA.sum((0, 1)).to(a_dt),
+        (dB[0] if blocks == 1 else dB.sum(0)).to(B.dtype),
+        (dC[0] if blocks == 1 else dC.sum(0)).to(C.dtype),
+        None if D is None else dD.sum((0, 1)).to(d_dt),
+        None if z is None else dz.to(z.dtype),
+        None if bias is None else dbias.sum((0, 1)).to(bias_dt),
+    ]
+    return (*grads, None, None)
 
 
 def selective_scan_triton(
