@@ -93,7 +93,9 @@ def test_flip_fallback_for_reverse_scans_is_exact(ts, monkeypatch):
 
 @pytest.mark.parametrize("min_programs", [1, 6, 10**6], ids=["1 group", "2 groups", "per block"])
 def test_channel_groups_of_the_backward_kernel(ts, monkeypatch, min_programs):
-    """dB/dC summed over channels in registers (groups of blocks) or as per-block partials."""
+    """The chunk backward (WALK_BWD off): dB/dC summed over channels in registers (groups
+    of blocks) or as per-block partials."""
+    monkeypatch.setattr(ts, "WALK_BWD", False)
     monkeypatch.setattr(ts, "BWD_MIN_PROGRAMS", min_programs)  # 3 chunks x 3 channel blocks
     _, _, grads = run_both(ts, inputs(bt=1, e=9, seed=8), softplus=True)
     for name, (g, g64) in grads.items():
@@ -119,10 +121,12 @@ def test_small_channel_blocks_in_every_kernel(ts, monkeypatch, states_be, adj_be
 
 
 def force_super_chunks(ts, monkeypatch, fwd_sub, bwd_sub):
-    """Exactly ``fwd_sub`` / ``bwd_sub`` chunks per super-chunk, carry blocks of 2 summaries."""
+    """Exactly ``fwd_sub`` / ``bwd_sub`` chunks per super-chunk (both backward kernels),
+    carry blocks of 2 summaries."""
     monkeypatch.setattr(ts, "_sub_chunks", lambda chunks, others, min_programs, max_sub: max_sub)
     monkeypatch.setattr(ts, "FWD_MAX_SUB", fwd_sub)
     monkeypatch.setattr(ts, "BWD_MAX_SUB", bwd_sub)
+    monkeypatch.setattr(ts, "WALK_MAX_SUB", bwd_sub)
     monkeypatch.setattr(ts, "CARRY_BLOCK_K", 2)  # the super-chunk summaries span carry blocks
 
 
@@ -147,11 +151,33 @@ def test_super_chunks_match_float64_reference(ts, monkeypatch, fwd_sub, bwd_sub,
 
 @pytest.mark.parametrize("min_programs", [1, 6], ids=["1 group of 5 blocks", "3 groups of 2"])
 def test_super_chunks_with_channel_groups(ts, monkeypatch, min_programs):
-    """Several channel blocks per program hand mu and the dA/dD sums over their own slots."""
+    """The chunk backward: several channel blocks per program hand mu and the dA/dD sums
+    over their own slots."""
+    monkeypatch.setattr(ts, "WALK_BWD", False)
     force_super_chunks(ts, monkeypatch, 3, 4)  # backward: K=6 -> super-chunks of 4 + 2
     monkeypatch.setattr(ts, "BWD_MIN_PROGRAMS", min_programs)  # E=9: 5 blocks of 2 channels
     _, _, grads = run_both(ts, inputs(bt=1, e=9, seed=11), softplus=True, chunk=4)
     for name, (g, g64) in grads.items():
+        assert rel(g, g64) < 1e-4, name
+
+
+@pytest.mark.parametrize(
+    ("e", "block_e", "sub", "full"),
+    [(9, 4, 4, True), (9, 2, 5, False), (40, 32, 3, True), (5, 8, 1, True)],
+    ids=["3 blocks, tail of 1, 4|2 chunks", "5 blocks, bare, 5|1", "2 blocks of 32, 3|3",
+         "1 masked block, chunk by chunk"],
+)
+def test_walk_backward_channel_blocks_and_super_chunks(ts, monkeypatch, e, block_e, sub, full):
+    """The walk backward: channel blocks with a masked tail (their dB/dC partials summed),
+    super-chunks walked last chunk to first (mu handed on in registers), chunk=4, L=21."""
+    monkeypatch.setattr(ts, "WALK_BWD", True)
+    monkeypatch.setattr(ts, "WALK_BLOCK_E", block_e)
+    force_super_chunks(ts, monkeypatch, 2, sub)
+    args = inputs(bt=2, e=e, full=full, seed=20 + e + sub)
+    _, _, grads = run_both(ts, args, softplus=full, chunk=4)
+    assert set(grads) == {n for n, t in zip(NAMES, args) if t is not None}
+    for name, (g, g64) in grads.items():
+        assert g.shape == g64.shape, name
         assert rel(g, g64) < 1e-4, name
 
 

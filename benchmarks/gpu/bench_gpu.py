@@ -529,9 +529,9 @@ def network_training(quick: bool, compile_: bool) -> None:
     name = "ours (" + ours.scan_backend + ")"
     variants += [(f"{name} + {how}, fp32", fused, "fp32"),
                  (f"{name} + {how}, TF32 matmuls", fused, "tf32")]
-    if triton_scan.WALK_BWD:  # the scan's other backward, same network
-        variants.append((f"{name} + {how}, fp32, chunk backward (WALK_BWD=False)", fused,
-                         "fp32", {"WALK_BWD": False}))
+    other = not triton_scan.WALK_BWD  # the scan's other backward, same network
+    variants.append((f"{name} + {how}, fp32, {'walk' if other else 'chunk'} backward "
+                     f"(WALK_BWD={other})", fused, "fp32", {"WALK_BWD": other}))
     if compile_:
         plain = copy.deepcopy(ours)
         enable_rvm_checkpointing(plain, False)
