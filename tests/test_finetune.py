@@ -92,9 +92,11 @@ def test_unusable_samples_are_clear_errors(ct_sample, make, message):
 
 
 def test_predict_then_evaluate_on_the_xray_phantom():
-    """Train briefly on the phantom itself (lungs as one class): Dice must exceed 0.7.
+    """Train briefly on the phantom itself (lungs as one class): Dice must exceed 0.8.
 
-    48 px, 15 steps of batch 1 at lr 1e-2 reach ~0.82 here; an untrained model is ~0.
+    48 px, 15 steps of batch 1 at lr 1e-2 reach 0.92 on 2 CPU cores (0.920-0.927 with one
+    thread, AVX2 kernels or the torch scan); an untrained model is ~0. Before patches kept
+    inside the image, this read 0.35-0.66 by those settings.
     """
     image, labels, geometry = xray_phantom(seed=0, size=48)
     lungs = np.isin(labels, (1, 2)).astype(np.uint8)
@@ -106,4 +108,4 @@ def test_predict_then_evaluate_on_the_xray_phantom():
     new = finetune(seg, [sample], max_steps=15, lr=1e-2, batch_size=1, augment=False)
     pred = new.predict(image, geometry)
     dice = segmentation_metrics(pred, lungs, new.class_names, geometry.scale)["lungs"]["dice"]
-    assert dice > 0.7, dice
+    assert dice > 0.8, dice

@@ -180,6 +180,29 @@ def test_foreground_oversampling_and_augmentation():
     assert torch.equal(xb, torch.from_numpy(x)) and torch.equal(yb, torch.from_numpy(y).long())
 
 
+@pytest.mark.parametrize("centers", [False, True], ids=["foreground anchor", "fine-tuning"])
+def test_patches_stay_inside_the_image_and_keep_their_anchor(centers):
+    """Axis 0 (40 >= 32): the patch lies inside the image; axis 1 (24 < 32): it holds all 24
+    columns. The voxel a patch is drawn around (a corner here: the only foreground voxel,
+    or the fine-tuning centre) stays in the patch."""
+    h, w = 40, 24
+    image = np.arange(1, h * w + 1, dtype=np.float32).reshape(1, h, w)  # 0 = padding
+    corners = np.ravel_multi_index(([0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]), (h, w))
+    for pos in corners:
+        labels = np.zeros(h * w, np.uint8)
+        labels[pos] = 1
+        sampler = PatchSampler(
+            [Case("c", image, labels.reshape(h, w), (1.0, 1.0))], (32, 32), 2,
+            np.random.default_rng(int(pos)), fg_fraction=0.0 if centers else 1.0,
+            centers=[np.array([pos])] if centers else None,
+        )
+        x, y = sampler.batch(16)
+        for xi, yi in zip(x[:, 0], y):
+            assert (yi != IGNORE).sum() == 32 * w  # no padding rows, every column
+            assert np.count_nonzero(xi) == 32 * w
+            assert (xi == pos + 1).any(), "the anchor voxel left the patch"
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_on_the_cpu(tmp_path):
     """The distributed path (gloo, 2 processes) through the CLI, as torchrun runs it."""

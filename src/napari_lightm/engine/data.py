@@ -262,8 +262,10 @@ class PatchSampler:
 
     A share ``fg_fraction`` of the patches (1/3, as nnU-Net) contains a voxel of a
     randomly chosen foreground class at a random position of the patch; the others are
-    uniform. A 2D patch from a 3D case is a slice along axis 0. Outside the image, the
-    input is padded with 0 (the normalised mean) and the labels with the ignore label.
+    uniform. A 2D patch from a 3D case is a slice along axis 0. A patch stays inside the
+    image along axes where the image is at least the patch size, and holds the whole image
+    along the others; there the input is padded with 0 (the normalised mean) and the labels
+    with the ignore label.
     ``centers`` (optional, per case): flat voxel positions patches must be centred on
     (fine-tuning: reviewed voxels) instead of uniform sampling.
     """
@@ -315,14 +317,18 @@ class PatchSampler:
             anchor = anchor[1:] if anchor is not None else None
         start = []
         for axis, (n, p) in enumerate(zip(labels.shape, self.patch)):
+            # starts that keep the patch inside the image (n >= p) or the whole image
+            # inside the patch (n < p): a patch never wastes voxels on padding it can avoid
+            first, last = min(0, n - p), max(0, n - p)
             if anchor is None:
-                lo, hi = min(0, n - p), max(0, n - p)
+                lo, hi = first, last
             else:  # anchor anywhere in the patch (centre-weighted when fine-tuning)
                 a = int(anchor[axis])
                 lo, hi = a - p + 1, a
                 if self.centers is not None:
                     lo, hi = a - p // 2 - p // 4, a - p // 2 + p // 4
-            start.append(int(self.rng.integers(lo, hi + 1)))
+            # clipping keeps the anchor in the patch (as nnU-Net's foreground sampling)
+            start.append(int(np.clip(self.rng.integers(lo, hi + 1), first, last)))
         return crop_pad(image, start, self.patch, 0.0), crop_pad(labels, start, self.patch, IGNORE)
 
     def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,11 @@ reason cellpose gives, real images differ):
 - replay of **all** reviewed samples given (every step draws its patches from all of
   them, not only the newest, so earlier corrections are not forgotten);
 - patches centred (+- a quarter patch) on random reviewed voxels, 1/3 of them on a
-  reviewed foreground voxel; unreviewed voxels get the ignore label (no gradient);
+  reviewed foreground voxel, then moved inside the image (or around the whole image where
+  it is smaller than the patch): before that, patches hung over the border and a 64^2
+  slice under a 64^2 patch was half padding (tiny 2D model, CT phantom, 60 steps on 3
+  reviewed slices, 8 seeds: mean liver Dice of the unreviewed slices 0.18 -> 0.64);
+  unreviewed voxels get the ignore label (no gradient);
 - the training augmentation, Dice + CE, AdamW (weight decay 1e-5, eps 1e-5) at a
   constant LR (:data:`FINETUNE_LR`), gradient clipping 12, float32;
 - a step budget (``max_steps``, default :data:`DEFAULT_STEPS`) and/or a time budget
