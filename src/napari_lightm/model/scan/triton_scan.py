@@ -569,6 +569,38 @@ def _chunk_bwd_kernel(
         tl.debug_barrier()
 
 
+@triton.jit
+def _walk_token(u_ptr, d_ptr, b_ptr, c_ptr, z_ptr, dy_ptr, t, bb, ec, n, bias, e_mask, n_mask,
+                L, su_b, su_t, sd_b, sd_t, sb_b, sb_t, sc_b, sc_t, sz_b, sz_t, sdy_b, sdy_t,
+                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Token ``t`` of the walk backward's channels ``ec [BE]``: the masks ``[BE]``, ``[BN]``
+    (false past ``L``), raw delta (+ bias) and the step ``dt`` (0 outside), ``u``, ``dy``,
+    ``z`` and ``sigmoid(z)`` (``dy`` twice without a gate), ``g = dy SiLU(z)``, rows of
+    ``B`` and ``C`` ``[BN]``."""
+    m_e = tl.where(t < L, e_mask, False)
+    m_n = tl.where(t < L, n_mask, False)
+    raw = tl.load(d_ptr + bb * sd_b + t * sd_t + ec, mask=m_e, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += bias
+    if SOFTPLUS:
+        dt = tl.where(m_e, _softplus(raw), 0.0)
+    else:
+        dt = tl.where(m_e, raw, 0.0)
+    u = tl.load(u_ptr + bb * su_b + t * su_t + ec, mask=m_e, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + bb * sdy_b + t * sdy_t + ec, mask=m_e, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + bb * sz_b + t * sz_t + ec, mask=m_e, other=0.0).to(tl.float32)
+        sz = _sigmoid(z)
+        g = dy * z * sz
+    else:
+        z = dy
+        sz = dy
+        g = dy
+    bm = tl.load(b_ptr + bb * sb_b + t * sb_t + n, mask=m_n, other=0.0).to(tl.float32)
+    cm = tl.load(c_ptr + bb * sc_b + t * sc_t + n, mask=m_n, other=0.0).to(tl.float32)
+    return m_e, m_n, raw, dt, u, dy, z, sz, g, bm, cm
+
+
 @triton.jit(do_not_specialize=["se"])
 def _walk_bwd_kernel(
     u_ptr, d_ptr, b_ptr, c_ptr, at_ptr, dskip_ptr, z_ptr, bias_ptr, dy_ptr, h_ptr, q_ptr,
@@ -607,6 +639,8 @@ def _walk_bwd_kernel(
         dskip = tl.load(dskip_ptr + e, mask=e_mask, other=0.0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + e, mask=e_mask, other=0.0)
+    else:
+        bias = tl.zeros((BE,), tl.float32)
     k0 = ks * SUB
     count = tl.minimum(K - k0, SUB)
     # the adjoint entering the super-chunk (nothing flows back into the last one)
@@ -625,27 +659,10 @@ def _walk_bwd_kernel(
         # forward walk: h_t, y_ssm (dz), dC, and the forward terms of q
         for i in range(0, T):
             t = k * T + i
-            m_e = tl.where(t < L, e_mask, False)
-            m_n = tl.where(t < L, n_mask, False)
-            raw = tl.load(d_ptr + bb * sd_b + t * sd_t + ec, mask=m_e, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                raw += bias
-            if SOFTPLUS:
-                dt = tl.where(m_e, _softplus(raw), 0.0)
-            else:
-                dt = tl.where(m_e, raw, 0.0)
-            u = tl.load(u_ptr + bb * su_b + t * su_t + ec, mask=m_e, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + bb * sdy_b + t * sdy_t + ec, mask=m_e,
-                         other=0.0).to(tl.float32)
-            if HAS_Z:
-                z = tl.load(z_ptr + bb * sz_b + t * sz_t + ec, mask=m_e,
-                            other=0.0).to(tl.float32)
-                sz = _sigmoid(z)
-                g = dy * z * sz
-            else:
-                g = dy
-            bm = tl.load(b_ptr + bb * sb_b + t * sb_t + n, mask=m_n, other=0.0).to(tl.float32)
-            cm = tl.load(c_ptr + bb * sc_b + t * sc_t + n, mask=m_n, other=0.0).to(tl.float32)
+            m_e, m_n, raw, dt, u, dy, z, sz, g, bm, cm = _walk_token(
+                u_ptr, d_ptr, b_ptr, c_ptr, z_ptr, dy_ptr, t, bb, ec, n, bias, e_mask, n_mask,
+                L, su_b, su_t, sd_b, sd_t, sb_b, sb_t, sc_b, sc_t, sz_b, sz_t, sdy_b, sdy_t,
+                HAS_Z, HAS_BIAS, SOFTPLUS)
             a = _ex2(dt[None, :] * a2)
             h = a * h + (dt * u)[None, :] * bm[:, None]
             ch = cm[:, None] * h
@@ -669,26 +686,10 @@ def _walk_bwd_kernel(
         # backward walk: lambda_t, du, d delta, dB and the backward terms of q
         for i in range(0, T):
             t = k * T + T - 1 - i
-            m_e = tl.where(t < L, e_mask, False)
-            m_n = tl.where(t < L, n_mask, False)
-            raw = tl.load(d_ptr + bb * sd_b + t * sd_t + ec, mask=m_e, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                raw += bias
-            if SOFTPLUS:
-                dt = tl.where(m_e, _softplus(raw), 0.0)
-            else:
-                dt = tl.where(m_e, raw, 0.0)
-            u = tl.load(u_ptr + bb * su_b + t * su_t + ec, mask=m_e, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + bb * sdy_b + t * sdy_t + ec, mask=m_e,
-                         other=0.0).to(tl.float32)
-            if HAS_Z:
-                z = tl.load(z_ptr + bb * sz_b + t * sz_t + ec, mask=m_e,
-                            other=0.0).to(tl.float32)
-                g = dy * z * _sigmoid(z)
-            else:
-                g = dy
-            bm = tl.load(b_ptr + bb * sb_b + t * sb_t + n, mask=m_n, other=0.0).to(tl.float32)
-            cm = tl.load(c_ptr + bb * sc_b + t * sc_t + n, mask=m_n, other=0.0).to(tl.float32)
+            m_e, m_n, raw, dt, u, dy, z, sz, g, bm, cm = _walk_token(
+                u_ptr, d_ptr, b_ptr, c_ptr, z_ptr, dy_ptr, t, bb, ec, n, bias, e_mask, n_mask,
+                L, su_b, su_t, sd_b, sd_t, sb_b, sb_t, sc_b, sc_t, sz_b, sz_t, sdy_b, sdy_t,
+                HAS_Z, HAS_BIAS, SOFTPLUS)
             lam = nu + cm[:, None] * g[None, :]
             lam_b = lam * bm[:, None]
             s1 = tl.sum(lam_b, axis=0)
