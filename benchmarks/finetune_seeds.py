@@ -25,11 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REVIEWED = (3, 8, 13)
 
 
-def liver_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    t, p = truth == 1, pred == 1
-    return float(2 * (t & p).sum() / max(int(t.sum() + p.sum()), 1))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--lrs", default="3e-3", help="comma-separated learning rates")
@@ -41,12 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from napari_lightm.engine import FinetuneSample, Segmenter, finetune
+    from napari_lightm.engine.metrics import dice_iou
     from napari_lightm.io.phantoms import CT_CLASSES, ct_phantom
 
     image, truth, geometry = ct_phantom(seed=0, shape=(16, 64, 64))
     reviewed = np.zeros(image.shape, bool)
     reviewed[list(REVIEWED)] = True
-    unreviewed = ~reviewed[:, 0, 0]
     sample = FinetuneSample(image, truth, reviewed, geometry)
     rows = []
     t0 = time.time()
@@ -59,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             tuned = finetune(seg, [sample], max_steps=args.steps, lr=lr, seed=seed)
             pred = tuned.predict(image, geometry)
-            scores.append(liver_dice(pred[unreviewed], truth[unreviewed]))
+            scores.append(dice_iou(pred, truth, 1, valid=~reviewed)[0])  # liver, unreviewed
             print(f"lr {lr:g} seed {seed}: {scores[-1]:.3f} ({time.time() - t0:.0f} s)",
                   flush=True)
         rows.append([lr, " ".join(f"{s:.2f}" for s in scores), float(np.mean(scores)),
