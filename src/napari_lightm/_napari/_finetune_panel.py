@@ -93,21 +93,15 @@ class LossPlot(QWidget):
 
 
 def preload_training_modules() -> None:
-    """Import what torch's optimizers pull in lazily, without Triton on CPU-only machines.
+    """Import what torch's optimizers pull in lazily, on the main thread, before training.
 
-    The first ``torch.optim`` optimizer imports ``torch._dynamo``, which imports Triton
-    when it is installed. Triton's bundled LLVM segfaults the whole process when it
-    loads after an OpenGL driver built on LLVM (Mesa llvmpipe under Xvfb here, also
-    common on desktops without a GPU), i.e. inside a running napari. Without CUDA,
-    Triton has no use in this process, so it is hidden from that import.
+    The first ``torch.optim`` optimizer imports ``torch._dynamo``; the core keeps Triton
+    out of that import on CPU-only machines (:mod:`napari_lightm._triton_guard`).
     """
-    import sys
+    from napari_lightm._triton_guard import keep_triton_out
 
-    import torch
-
-    if "triton" not in sys.modules and not torch.cuda.is_available():
-        sys.modules["triton"] = None  # `import triton` now raises ImportError
-    import torch._dynamo
+    keep_triton_out()
+    import torch._dynamo  # noqa: F401
 
 
 def gather_samples(widget: LightMWidget) -> tuple[list, list[str]]:

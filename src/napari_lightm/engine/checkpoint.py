@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from napari_lightm.io.atomic import atomic_write
 
 FORMAT = "napari-lightm checkpoint"
 CHECKPOINT_VERSION = 1
@@ -33,25 +33,6 @@ DIR_NAMES = ("model.safetensors", "best.safetensors", "last.safetensors")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, corrupt, or made for other data."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
-
-    The temporary file lives in the same folder (same file system); it is removed when
-    ``write`` raises, so nothing half-written remains.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def checkpoint_file(path: str | os.PathLike, *, for_writing: bool = False) -> Path:

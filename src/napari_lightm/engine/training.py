@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_lightm._triton_guard import keep_triton_out
 from napari_lightm.engine.callbacks import CancelToken, Progress, ProgressCallback, check
 from napari_lightm.engine.checkpoint import CheckpointError, atomic_write
 from napari_lightm.engine.data import (
@@ -68,6 +69,7 @@ def make_optimizer(
     model: torch.nn.Module, lr: float, weight_decay: float = WEIGHT_DECAY, name: str = "adamw"
 ) -> torch.optim.Optimizer:
     """Adam / AdamW (eps 1e-5); parameters marked ``_no_weight_decay`` get none."""
+    keep_triton_out()  # the first optimizer imports torch._dynamo
     decay = [p for p in model.parameters() if not getattr(p, "_no_weight_decay", False)]
     no_decay = [p for p in model.parameters() if getattr(p, "_no_weight_decay", False)]
     groups = [
