@@ -48,6 +48,10 @@ class ShapeInterpolation:
         gap: float32 ``[last - first + 1]``: distance (slices) to the nearest reviewed slice.
         span: float32 ``[last - first + 1]``: length (slices) of the interval between the
             two reviewed slices around each slice (0 on a reviewed slice).
+        spread: float32 like ``sdf`` (mm): how far the boundary may be from the blended one,
+            ``|d_a - d_b| * min(t, 1 - t)`` for the distances ``d_a``, ``d_b`` of the two
+            reviewed slices around and the fraction ``t`` of the way between them; 0 on
+            reviewed slices and where both slices agree.
     """
 
     classes: list[int]
@@ -56,6 +60,7 @@ class ShapeInterpolation:
     sdf: np.ndarray
     gap: np.ndarray
     span: np.ndarray
+    spread: np.ndarray
 
     def labels(self, shape: Sequence[int], dtype: type = np.uint8) -> np.ndarray:
         """Interpolated labels of the whole volume (``0`` outside ``first..last``)."""
@@ -106,10 +111,11 @@ def interpolate_shapes(
     if not zs:
         empty = np.zeros((len(classes), 0, *labels.shape[1:]), np.float32)
         return ShapeInterpolation(classes, 0, -1, empty, np.zeros(0, np.float32),
-                                  np.zeros(0, np.float32))
+                                  np.zeros(0, np.float32), empty.copy())
     first, last = zs[0], zs[-1]
     n = last - first + 1
     sdf = np.full((len(classes), n, *labels.shape[1:]), np.inf, np.float32)
+    spread = np.zeros_like(sdf)
     gap = np.zeros(n, np.float32)
     span = np.zeros(n, np.float32)
     for a, b in zip(zs[:-1], zs[1:]):
@@ -137,8 +143,10 @@ def interpolate_shapes(
             t = ((np.arange(a, b + 1) - a) / (b - a)).astype(np.float32)[:, None, None]
             with np.errstate(invalid="ignore"):  # inf * 0 where a slice is all one class
                 blend = (1 - t) * da[None] + t * db[None]
+                change = np.abs(da - db)[None] * np.minimum(t, 1 - t)
             sdf[i, a - first : b - first + 1] = np.nan_to_num(blend, nan=0.0)
-    return ShapeInterpolation(classes, first, last, sdf, gap, span)
+            spread[i, a - first : b - first + 1] = np.nan_to_num(change, nan=0.0, posinf=0.0)
+    return ShapeInterpolation(classes, first, last, sdf, gap, span, spread)
 
 
 def interpolate_labels(

@@ -50,22 +50,34 @@ def keep_connected(
         classes = [int(c) for c in np.unique(labels) if c != 0]
     structure = np.ones((3,) * labels.ndim, bool)
     for c in classes:
-        mask = labels == c
-        if not mask.any():
+        box = _bounding_box(labels == c)
+        if box is None:
             continue
+        mask = labels[box] == c
         comp, n = ndimage.label(mask, structure=structure)
         if n <= 1:
             continue
-        hit = np.unique(comp[(seeds == c) & mask]) if seeds is not None else np.zeros(0, int)
-        hit = hit[hit > 0]
+        if seeds is not None:
+            hit = np.unique(comp[(seeds[box] == c) & mask])
+            hit = hit[hit > 0]
+        else:
+            hit = np.zeros(0, int)
         if hit.size:
             keep = np.isin(comp, hit)
         else:
             sizes = np.bincount(comp.ravel())
             sizes[0] = 0
             keep = comp == int(sizes.argmax())
-        out[mask & ~keep] = 0
+        out[box][mask & ~keep] = 0
     return out
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every True voxel (None when there is none)."""
+    from scipy import ndimage
+
+    found = ndimage.find_objects(mask.view(np.uint8) if mask.dtype == bool else mask)
+    return found[0] if found and found[0] is not None else None
 
 
 def fill_holes(labels: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
@@ -80,11 +92,12 @@ def fill_holes(labels: np.ndarray, classes: Sequence[int] | None = None) -> np.n
     planes = out[None] if out.ndim == 2 else out
     for c in classes:
         for z in range(planes.shape[0]):
-            mask = planes[z] == c
-            if not mask.any():
+            box = _bounding_box(planes[z] == c)
+            if box is None:
                 continue
-            holes = ndimage.binary_fill_holes(mask) & (planes[z] == 0)
-            planes[z][holes] = c
+            plane = planes[z][box]  # a view: filled in place
+            holes = ndimage.binary_fill_holes(plane == c) & (plane == 0)
+            plane[holes] = c
     return out
 
 

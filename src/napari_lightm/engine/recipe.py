@@ -78,6 +78,7 @@ class FinetuneRecipe:
     prior_scale_mm: float = 2.0
     prior_clip: float = 8.0
     prior_gap_mm: float = 10.0
+    prior_spread: float = 0.0
     keep_connected: bool = True
     fill_holes: bool = True
     slice_batch: int = 8

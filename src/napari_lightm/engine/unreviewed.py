@@ -52,8 +52,8 @@ def add_shape_prior(
     weight = (recipe.prior_weight / (1.0 + gap_mm / recipe.prior_gap_mm))[:, None, None]
     region = slice(shapes.first, shapes.last + 1)
     for i, c in enumerate(shapes.classes):
-        prior = np.clip(-shapes.sdf[i] / recipe.prior_scale_mm, -recipe.prior_clip,
-                        recipe.prior_clip)
+        scale = recipe.prior_scale_mm + recipe.prior_spread * shapes.spread[i]
+        prior = np.clip(-shapes.sdf[i] / scale, -recipe.prior_clip, recipe.prior_clip)
         logits[c, region] += weight * prior
     return True
 
