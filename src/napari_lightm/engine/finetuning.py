@@ -47,7 +47,7 @@ from napari_lightm.engine.data import (
     lateral_classes,
 )
 from napari_lightm.engine.losses import IGNORE
-from napari_lightm.engine.preprocessing import array_spacing, as_channels
+from napari_lightm.engine.preprocessing import as_channels
 from napari_lightm.engine.segmenter import Segmenter, _drain, now
 from napari_lightm.engine.training import make_optimizer, prepare_case, to_tensors, train_step
 
@@ -95,7 +95,7 @@ def _sample_case(seg: Segmenter, s: FinetuneSample, i: int) -> Case:
             f"sample {i}: label value {top} but the model has classes {seg.class_names}"
         )
     image = as_channels(s.image, seg.in_channels).astype(np.float32)
-    spacing = array_spacing(s.geometry, labels.ndim)
+    spacing, _ = seg.input_spacing(labels.shape, s.geometry)
     return Case(f"sample {i}", image, labels.astype(np.uint8), spacing)
 
 

@@ -45,6 +45,9 @@ class Preprocessing:
         clip_low, clip_high, mean, std: CT statistics per channel (lists of length
             ``in_channels``); unused for MR/XR.
         stats_from: ``"default"`` (fixed HU window) or ``"data"`` (computed by training).
+        field_of_view: median physical extent of the training images (mm, array order,
+            model axes), or None; scales images without a known spacing
+            (:func:`estimate_spacing`).
     """
 
     modality: str = "CT"
@@ -55,6 +58,7 @@ class Preprocessing:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     stats_from: str = "default"
+    field_of_view: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         self.modality = normalize_modality(self.modality)
@@ -64,6 +68,10 @@ class Preprocessing:
             self.spacing = tuple(float(s) for s in self.spacing)
             if any(s <= 0 or not np.isfinite(s) for s in self.spacing):
                 raise ValueError(f"spacing must be positive, got {self.spacing}")
+        if self.field_of_view is not None:
+            self.field_of_view = tuple(float(v) for v in self.field_of_view)
+            if not all(np.isfinite(v) and v > 0 for v in self.field_of_view):
+                raise ValueError(f"field of view must be positive, got {self.field_of_view}")
         if self.modality == "CT" and not self.mean:
             c = self.in_channels
             self.clip_low = [DEFAULT_CT_WINDOW[0]] * c
@@ -146,6 +154,7 @@ class Preprocessing:
             "mean": list(self.mean),
             "std": list(self.std),
             "stats_from": self.stats_from,
+            "field_of_view": None if self.field_of_view is None else list(self.field_of_view),
         }
 
     @classmethod
@@ -159,6 +168,7 @@ class Preprocessing:
             "mean",
             "std",
             "stats_from",
+            "field_of_view",
         )
         return cls(**{k: d[k] for k in keys if k in d})
 
@@ -196,14 +206,55 @@ def array_spacing(geometry: Any, ndim: int) -> tuple[float, ...]:
 
 
 def resample_to(
-    array: np.ndarray, src_spacing: Sequence[float], dst_spacing: Sequence[float] | None, order: int
+    array: np.ndarray,
+    src_spacing: Sequence[float],
+    dst_spacing: Sequence[float] | None,
+    order: int,
+    antialias: bool = False,
 ) -> np.ndarray:
-    """Resample the last ``len(src_spacing)`` axes from ``src`` to ``dst`` spacing (None: as is)."""
+    """Resample the last ``len(src_spacing)`` axes from ``src`` to ``dst`` spacing (None: as is).
+
+    ``antialias``: low-pass the axes that shrink first (Gaussian, sigma = (factor - 1) / 2
+    voxels, as scikit-image), so a film downsampled 8x keeps its anatomy instead of aliased
+    noise; for images, never for labels.
+    """
     from napari_lightm.io.geometry import resample
 
     if dst_spacing is None or np.allclose(src_spacing, dst_spacing, rtol=1e-3):
         return array
+    if antialias and order > 0:
+        factors = [d / s for s, d in zip(src_spacing, dst_spacing)]
+        sigma = [0.0] * (array.ndim - len(factors)) + [max(0.0, (f - 1) / 2) for f in factors]
+        if any(v > 0 for v in sigma):
+            from scipy import ndimage
+
+            array = ndimage.gaussian_filter(
+                array.astype(np.float32, copy=False), sigma, mode="nearest"
+            )
     return resample(array, tuple(src_spacing), tuple(dst_spacing), order=order)
+
+
+def spacing_is_known(geometry: Any) -> bool:
+    """False for images without a physical pixel spacing (``units="pixel"``: PNG, JPEG,
+    TIFF, DICOM without PixelSpacing) and for no geometry at all."""
+    return geometry is not None and getattr(geometry, "units", "mm") != "pixel"
+
+
+def estimate_spacing(
+    shape: Sequence[int], preprocessing: Preprocessing
+) -> tuple[float, ...] | None:
+    """Isotropic spacing (mm) that fits the image's shorter side to the model's field of view.
+
+    For X-rays without a spacing: chest films are framed on the chest, so the image spans
+    about what the training images spanned. The shorter sides are matched because film
+    formats differ mostly in their longer side (14 x 14 vs 14 x 17 inch). None when the
+    model records no field of view.
+    """
+    fov = preprocessing.field_of_view
+    if fov is None or not len(shape):
+        return None
+    side = min(int(n) for n in shape)
+    return (float(min(fov)) / max(side, 1),) * len(shape)
 
 
 def resample_shape(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
@@ -223,7 +274,9 @@ __all__ = [
     "Preprocessing",
     "array_spacing",
     "as_channels",
+    "estimate_spacing",
     "normalize_modality",
     "resample_shape",
     "resample_to",
+    "spacing_is_known",
 ]

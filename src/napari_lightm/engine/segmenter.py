@@ -31,8 +31,10 @@ from napari_lightm.engine.preprocessing import (
     Preprocessing,
     array_spacing,
     as_channels,
+    estimate_spacing,
     resample_shape,
     resample_to,
+    spacing_is_known,
 )
 
 DEFAULT_PATCH = {2: (256, 256), 3: (64, 128, 128)}
@@ -397,6 +399,33 @@ class Segmenter:
                 f"geometry has {len(geometry.spacing)} axes, the image {spatial} spatial axes"
             )
 
+    def input_spacing(
+        self, shape: Sequence[int], geometry: Any = None
+    ) -> tuple[tuple[float, ...], str | None]:
+        """Array-order spacing (mm) the model takes an image of spatial ``shape`` to have,
+        and a note for people when it was estimated rather than read.
+
+        A known spacing is used as it is. An image without one (``units="pixel"``: PNG,
+        JPEG, TIFF; or no geometry) given to a model that records its training field of
+        view (X-ray models) is scaled to span that field of view
+        (:func:`~napari_lightm.engine.preprocessing.estimate_spacing`), never taken as
+        1 mm per pixel; other models take it as it is (1 mm).
+        """
+        shape = tuple(int(n) for n in shape)
+        if spacing_is_known(geometry):
+            return array_spacing(geometry, len(shape)), None
+        model_axes = shape[-self.spatial_dims :]
+        estimate = estimate_spacing(model_axes, self.preprocessing) if self.spacing else None
+        if estimate is None:
+            return array_spacing(geometry, len(shape)), None
+        spacing = (*array_spacing(geometry, len(shape))[: len(shape) - len(model_axes)], *estimate)
+        note = (
+            f"pixel spacing unknown: estimated {estimate[-1]:.3g} mm by fitting the image's "
+            f"shorter side to the model's {min(self.preprocessing.field_of_view):.0f} mm "
+            "field of view"
+        )
+        return spacing, note
+
     # --- prediction -----------------------------------------------------------------
     def iter_logits(
         self,
@@ -429,13 +458,13 @@ class Segmenter:
             slice(max(0, r.start - m), min(n, r.stop + m)) for r, m, n in zip(region, margins, size)
         )
         x = x[(slice(None), *context)]
-        spacing = array_spacing(geometry, len(size))
+        spacing, _ = self.input_spacing(size, geometry)
         if slice_mode:  # [C, Z, Y, X] -> planes [Z, C, Y, X]
             planes, spacing = np.ascontiguousarray(x.transpose(1, 0, 2, 3)), spacing[1:]
         else:
             planes = x[None]
         in_plane = planes.shape[2:]
-        planes = resample_to(planes, spacing, self.spacing, order=1)
+        planes = resample_to(planes, spacing, self.spacing, order=1, antialias=True)
         self.model.eval()
         logits = yield from iter_sliding_window(
             self.model,

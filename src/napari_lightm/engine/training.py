@@ -144,6 +144,21 @@ def model_spacing(cases: Sequence[Case], spatial_dims: int) -> tuple[float, ...]
     return tuple(float(s) for s in med)
 
 
+def field_of_view(
+    cases: Sequence[Case], spatial_dims: int, spacing: Sequence[float] | None
+) -> tuple[float, ...] | None:
+    """Median physical extent (mm, array order) of the cases on the model's axes.
+
+    Stored with the model: an X-ray without a pixel spacing is scaled so that it spans
+    this field of view (:func:`napari_lightm.engine.preprocessing.estimate_spacing`).
+    """
+    if spacing is None:
+        return None
+    extent = np.array([np.multiply(c.labels.shape[-spatial_dims:], c.spacing[-spatial_dims:])
+                       for c in cases], dtype=float)
+    return tuple(float(v) for v in np.median(extent, axis=0))
+
+
 def default_patch(cases: Sequence[Case], spatial_dims: int) -> tuple[int, ...]:
     """The default patch, shrunk to the median image size (rounded up to 8) where smaller."""
     shapes = np.array([c.labels.shape[-spatial_dims:] for c in cases])
@@ -251,7 +266,7 @@ def iter_train(
     max_val_cases: int = 16,
     device: Any = "auto",
     spacing: str | Sequence[float] | None = "median",
-    augment: bool = True,
+    augment: bool | Any = True,
     init: Segmenter | None = None,
     model_kwargs: dict[str, Any] | None = None,
     cancel: CancelToken | None = None,
@@ -276,7 +291,8 @@ def iter_train(
         device: see :func:`~napari_lightm.engine.pick_device` (``cuda:LOCAL_RANK`` under
             torchrun).
         spacing: ``"median"`` (of the data), None (as the images are) or a spacing.
-        augment: use :class:`Augmentation`.
+        augment: True for :class:`Augmentation`, False for none, or an augmentation
+            object (``aug(x, y, generator) -> (x, y)``, e.g. ``XRayAugmentation``).
         init: start from this Segmenter's weights (fine-tuning a trained model on a dataset).
         model_kwargs: override LightMUNet arguments (e.g. ``{"init_filters": 8}``).
         cancel: checked every step; raises :class:`Cancelled` (nothing half-written).
@@ -337,6 +353,7 @@ def iter_train(
         seg.preprocessing = seg.preprocessing.fit(
             [c.image for c in train_raw], [c.labels for c in train_raw], seed
         )
+        seg.preprocessing.field_of_view = field_of_view(train_raw, dims, seg.spacing)
     train_cases = [prepare_case(c, seg.preprocessing, dims) for c in train_raw]
     val_cases = [prepare_case(c, seg.preprocessing, dims) for c in val_raw]
 
@@ -346,7 +363,10 @@ def iter_train(
         train_cases, seg.patch_size, dims, np.random.default_rng([seed, dist_info.rank])
     )
     gen = torch.Generator().manual_seed(seed * 1000 + dist_info.rank)
-    aug = Augmentation(mirror=not lateral_classes(names)) if augment else None
+    if augment is True:
+        aug = Augmentation(mirror=not lateral_classes(names))
+    else:  # False/None: none; else a callable (x, y, generator) -> (x, y)
+        aug = augment or None
     result = TrainResult(seg, 0)
     start = 0
     state_path = out_dir / STATE_FILE
