@@ -84,18 +84,36 @@ def test_kill_during_save_leaves_old_or_new_session(tmp_path):
 
 # --- failed and interrupted saves -----------------------------------------------------
 @pytest.mark.parametrize(
-    "fail", [OSError(28, "No space left on device"), KeyboardInterrupt()], ids=["full", "kill"]
+    "fail",
+    [OSError(28, "No space left on device"), KeyboardInterrupt()],
+    ids=["full-disk", "interrupt"],
 )
-def test_failed_save_keeps_the_old_session(tmp_path, fail):
+def test_failed_save_keeps_the_old_session_and_removes_its_files(tmp_path, fail):
     folder = tmp_path / "s"
     save_generation(folder, 1)
+    (folder / "notes.txt").write_text("the user's")
     with pytest.raises(type(fail)):
         save_generation(folder, 2, fail=fail)  # fails after the new arrays are written
     assert_generation(folder, 1)
-    # what the failed save wrote goes with the next save
-    save_generation(folder, 3)
-    assert_generation(folder, 3)
-    assert {p.name for p in folder.iterdir()} == manifest_files(folder) | {SESSION_FILE}
+    left = {p.name for p in folder.iterdir()}
+    assert left == manifest_files(folder) | {SESSION_FILE, "notes.txt"}
+
+
+def test_next_save_removes_what_a_killed_save_listed_and_nothing_else(tmp_path):
+    folder = tmp_path / "s"
+    save_generation(folder, 1)
+    # what a save killed before its commit leaves: its pending list, arrays, temporaries
+    orphans = ["labels_00-dead0001.npy", ".labels_00-dead0001.npy.x1y2z3.tmp"]
+    user = ["labels_00-cafe0002.npy", ".labels_00-cafe0002.npy.x1y2z3.tmp", "..hidden"]
+    for name in orphans + user:
+        (folder / name).write_bytes(b"x")
+    pending = {"format": "napari-lightm session pending", "files": [orphans[0], "../up.npy"]}
+    (folder / PENDING_FILE).write_text(json.dumps(pending))
+    (tmp_path / "up.npy").write_bytes(b"outside")
+    save_generation(folder, 2)
+    assert_generation(folder, 2)
+    assert {p.name for p in folder.iterdir()} == manifest_files(folder) | {SESSION_FILE, *user}
+    assert (tmp_path / "up.npy").read_bytes() == b"outside"
 
 
 def test_resave_deletes_only_the_old_sessions_files(tmp_path):

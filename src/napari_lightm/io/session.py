@@ -118,31 +118,47 @@ def write_session(
     pending = {"format": FORMAT + " pending", "files": sorted({*planned, *old_files})}
     atomic_write_text(folder / PENDING_FILE, json.dumps(pending))
 
-    for name, array in arrays.items():
-        _save_array(folder / name, array)
-    files = list(arrays)
-    model = None
-    if seg is not None:
-        saved = Path(_save_model(seg, folder / checkpoint))
-        files.append(saved.name)
-        if (folder / _sidecar(saved.name)).is_file():
-            files.append(_sidecar(saved.name))
-        model = {"name": model_name, "version": int(seg.version), "checkpoint": saved.name}
-    doc = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "images": entries,
-        "model": model,
-        "files": sorted(files),
-    }
-    atomic_write_text(folder / SESSION_FILE, json.dumps(doc, indent=2, default=_json_default))
+    try:
+        files = _write_files(folder, arrays, seg, checkpoint)
+        model = None
+        if seg is not None:
+            model = {"name": model_name, "version": int(seg.version), "checkpoint": checkpoint}
+        doc = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "images": entries,
+            "model": model,
+            "files": sorted(files),
+        }
+        text = json.dumps(doc, indent=2, default=_json_default)
+        atomic_write_text(folder / SESSION_FILE, text)  # the commit
+    except BaseException:  # the old manifest is current: drop what this save wrote
+        for name in set(planned) - old_files:
+            _remove_owned(folder, name)
+        _unlink(folder / PENDING_FILE)
+        raise
     # committed: from here on the folder reads as the new session
     for name in old_files - set(files):
         _remove_owned(folder, name)
     with contextlib.suppress(OSError):
         (folder / PENDING_FILE).unlink()
     return folder / SESSION_FILE
+
+
+def _write_files(folder: Path, arrays: dict, seg, checkpoint: str | None) -> list[str]:
+    """Write the arrays and the model under their new names; returns the names written."""
+    for name, array in arrays.items():
+        _save_array(folder / name, array)
+    files = list(arrays)
+    if seg is not None:
+        saved = _save_model(seg, folder / checkpoint)
+        if saved.name != checkpoint:
+            raise OSError(f"the model was saved as {saved.name}, not {checkpoint}")
+        files.append(checkpoint)
+        if (folder / _sidecar(checkpoint)).is_file():
+            files.append(_sidecar(checkpoint))
+    return files
 
 
 def _new_save_id(folder: Path) -> str:
