@@ -82,6 +82,11 @@ def interpreted_module(request):
 
 
 def pytest_collection_modifyitems(config, items):
+    if any("gui" in item.keywords for item in items):
+        # the model (and Triton with it, importable here for the kernel tests) loads
+        # before any test makes a viewer: Triton loaded after napari's OpenGL canvas
+        # crashes the process under Xvfb, whichever subset of tests runs
+        import napari_lightm.model  # noqa: F401
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
