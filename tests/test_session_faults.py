@@ -58,7 +58,7 @@ def test_kill_during_save_leaves_old_or_new_session(tmp_path):
     env = {**os.environ, "PYTHONPATH": path}
     rng = np.random.default_rng(0)
     generation, seen_new = 0, 0
-    for _ in range(24):  # the child saves without a pause: every kill lands inside a save
+    for _ in range(20):  # the child saves without a pause: every kill lands inside a save
         child = subprocess.Popen(
             [sys.executable, str(CHILD), str(folder), str(generation)],
             env=env,
