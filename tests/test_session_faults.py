@@ -138,6 +138,18 @@ def test_resave_deletes_only_the_old_sessions_files(tmp_path):
     assert not (folder / PENDING_FILE).exists()
 
 
+def test_resave_keeps_the_manifest_and_outside_files_a_tampered_list_names(tmp_path):
+    folder = tmp_path / "s"
+    save_generation(folder, 1)
+    doc = json.loads((folder / SESSION_FILE).read_text())
+    doc["files"] += [SESSION_FILE, "../outside.txt", str(tmp_path / "outside.txt")]
+    (folder / SESSION_FILE).write_text(json.dumps(doc))
+    (tmp_path / "outside.txt").write_text("not in the session")
+    save_generation(folder, 2)
+    assert_generation(folder, 2)
+    assert (tmp_path / "outside.txt").read_text() == "not in the session"
+
+
 def test_resave_over_a_version_1_session_replaces_its_files(tmp_path):
     folder = tmp_path / "s"
     folder.mkdir()

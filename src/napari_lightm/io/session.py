@@ -275,7 +275,7 @@ def _remove_unfinished(folder: Path, keep: set[str]) -> None:
 
 def _remove_owned(folder: Path, name: str) -> None:
     """Delete ``folder/name`` and the temporary files an atomic write of it leaves."""
-    if _OWNED_NAME.match(name):
+    if _OWNED_NAME.match(name) and name != SESSION_FILE:
         _unlink(folder / name)
         _remove_temps(folder, name)
 
