@@ -1,4 +1,5 @@
-"""Shared fixtures: the data folder (skips when absent) and GPU/napari availability."""
+"""Shared fixtures: the data folder (skips when absent), GPU/napari availability, and a
+temporary plugin home for every test (nothing is written under the real home folder)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,17 @@ if not torch.cuda.is_available():
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIGHTM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def lightm_home(tmp_path_factory, monkeypatch) -> Path:
+    """The plugin's home (``NAPARI_LIGHTM_HOME``) and model folder (``NAPARI_LIGHTM_MODELS``)
+    in a temporary folder, for every test: the widget, autosaves and the model store
+    would otherwise write ``~/.napari-lightm``. Tests may point them elsewhere."""
+    home = tmp_path_factory.mktemp("lightm-home")
+    monkeypatch.setenv("NAPARI_LIGHTM_HOME", str(home))
+    monkeypatch.setenv("NAPARI_LIGHTM_MODELS", str(home / "models"))
+    return home
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +82,11 @@ def interpreted_module(request):
 
 
 def pytest_collection_modifyitems(config, items):
+    if any("gui" in item.keywords for item in items):
+        # the model (and Triton with it, importable here for the kernel tests) loads
+        # before any test makes a viewer: Triton loaded after napari's OpenGL canvas
+        # crashes the process under Xvfb, whichever subset of tests runs
+        import napari_lightm.model  # noqa: F401
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")

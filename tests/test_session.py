@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from napari_lightm._napari._session import (
+from napari_lightm.io.session import (
     SessionError,
     SessionImage,
     read_session,
@@ -66,8 +66,10 @@ def test_bad_session_folders_raise_clear_errors(tmp_path):
     (tmp_path / "session.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(SessionError, match="not a napari-lightm session"):
         read_session(tmp_path)
-    write_session(tmp_path / "s", [SessionImage("a", np.zeros((3, 3), np.uint8), np.ones(1))])
-    (tmp_path / "s" / "labels_00.npy").unlink()
+    manifest = write_session(
+        tmp_path / "s", [SessionImage("a", np.zeros((3, 3), np.uint8), np.ones(1))]
+    )
+    (tmp_path / "s" / json.loads(manifest.read_text())["images"][0]["labels_file"]).unlink()
     with pytest.raises(SessionError, match="'a'"):
         read_session(tmp_path / "s")
     assert issubclass(SessionError, ValueError)

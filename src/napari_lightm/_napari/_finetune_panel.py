@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_lightm._napari._keybindings import button_text, tooltip
+from napari_lightm._napari._model_panel import CORE_ERRORS
 from napari_lightm._napari._review import find_labels, reviewed_mask, reviewed_slices
 from napari_lightm._napari._segment import image_array, layer_geometry
 
@@ -143,6 +144,7 @@ class FinetunePanel(QGroupBox):
     def __init__(self, widget: LightMWidget, parent: QWidget | None = None):
         super().__init__("Correct && retrain", parent)
         self.widget = widget
+        self._parent = None  # checkpoint of the model the running fine-tune started from
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
         self.max_seconds = QSpinBox()
@@ -209,9 +211,10 @@ class FinetunePanel(QGroupBox):
             samples, used = gather_samples(widget)
             if all(v != seg.version for v, _ in widget.model.history):
                 widget.model.save_version(seg)  # so this run can be rolled back
-        except (ValueError, OSError) as exc:
+        except CORE_ERRORS as exc:
             show_error(str(exc))
             return False
+        self._parent = dict(widget.model.history).get(seg.version)  # lineage of the result
         steps, seconds = self.budget()
         lr = self.learning_rate(seg)
         preload_training_modules()
@@ -249,16 +252,26 @@ class FinetunePanel(QGroupBox):
             self.summary.setText(self.summary.text() + " — cancelled; model unchanged")
 
     def _on_result(self, new_seg) -> None:
-        from napari.utils.notifications import show_info
+        """Save the new version, then make it current: a failed save keeps the old model."""
+        from napari.utils.notifications import show_error, show_info
 
         widget = self.widget
+        try:
+            path = widget.model.save_version(new_seg, parent=self._parent)
+        except CORE_ERRORS as exc:
+            self.summary.setText(f"fine-tuned model not saved ({exc}); model unchanged")
+            show_error(f"fine-tuned model not saved, the current model stays: {exc}")
+            return
         widget.model.set_segmenter(new_seg)
-        path = widget.model.save_version(new_seg)
-        saved = widget.autosave()
+        try:
+            session = f"session autosaved to '{widget.autosave().name}'"
+        except CORE_ERRORS as exc:
+            session = "session NOT autosaved"
+            show_error(f"fine-tuned model saved, but the session autosave failed: {exc}")
         last = f"{self.plot.losses[-1]:.4f}" if self.plot.losses else "n/a"
         self.summary.setText(
             f"v{new_seg.version} saved to {path.name} after {len(self.plot.losses)} steps "
-            f"(last loss {last}); session autosaved to '{saved.name}'. "
+            f"(last loss {last}); {session}. "
             f"Press '{button_text('segment_unreviewed')}' to refresh the rest."
         )
         show_info(f"fine-tuned model v{new_seg.version} saved ({path})")

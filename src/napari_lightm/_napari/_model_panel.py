@@ -1,14 +1,13 @@
 """Model panel: new model, load a checkpoint, recent models, device, version history.
 
-Checkpoints live in a local model folder (``~/.napari-lightm/models``, or the folder
-named by ``NAPARI_LIGHTM_MODELS``). Every fine-tuning run saves a new version there
-(``<name>_v<version>``) and the panel can roll back to any earlier one.
+Checkpoints live in the local model store (:mod:`napari_lightm.engine.store`:
+``~/.napari-lightm/models``, or the folder named by ``NAPARI_LIGHTM_MODELS``). Every
+fine-tuning run saves a new version there (``<name>_v<NNN>``, never replacing one) and the
+panel can roll back to any earlier one.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from pathlib import Path
 
@@ -25,42 +24,15 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from safetensors import SafetensorError
+
+from napari_lightm.engine import store
+from napari_lightm.engine.store import models_dir, recent_models, split_version
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 CONFIGS = ("light", "repo")
-_VERSION_RE = re.compile(r"^(?P<name>.+)_v(?P<version>\d+)$")
-
-
-def lightm_home() -> Path:
-    """Root of the plugin's local files (``NAPARI_LIGHTM_HOME`` or ``~/.napari-lightm``)."""
-    return Path(os.environ.get("NAPARI_LIGHTM_HOME", Path.home() / ".napari-lightm"))
-
-
-def models_dir() -> Path:
-    """The local model folder (``NAPARI_LIGHTM_MODELS`` overrides it); created on demand."""
-    path = Path(os.environ.get("NAPARI_LIGHTM_MODELS", lightm_home() / "models"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def recent_models(folder: Path | None = None, limit: int = 20) -> list[Path]:
-    """Checkpoints in the model folder (``.safetensors`` files or folders), newest first."""
-    folder = models_dir() if folder is None else folder
-    found = [
-        p
-        for p in folder.iterdir()
-        if not p.name.startswith(".") and (p.is_dir() or p.suffix == ".safetensors")
-    ]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
-
-
-def split_version(path: Path) -> tuple[str, int | None]:
-    """``liver_v003.safetensors`` -> ``("liver", 3)``; no version -> ``(stem, None)``."""
-    stem = path.name.removesuffix(".safetensors")
-    match = _VERSION_RE.match(stem)
-    if match:
-        return match["name"], int(match["version"])
-    return stem, None
+#: what a slot that calls the core catches and shows as one notification
+CORE_ERRORS = (ValueError, OSError, RuntimeError, SafetensorError)
 
 
 def parse_class_names(text: str) -> list[str]:
@@ -116,7 +88,9 @@ class ModelPanel(QGroupBox):
         layout.addLayout(buttons)
 
         self.recent = QComboBox()
-        self.recent.setToolTip(f"checkpoints in the model folder ({models_dir()})")
+        self.recent.setToolTip(
+            f"checkpoints in the model folder ({models_dir(create=False)})"
+        )
         self.recent_button = QPushButton("Open recent")
         row = QHBoxLayout()
         row.addWidget(self.recent, 1)
@@ -215,18 +189,24 @@ class ModelPanel(QGroupBox):
         self._update_device_notice()
         self.model_changed.emit(seg)
 
-    def save_version(self, seg=None) -> Path:
-        """Save ``seg`` (default: current) into the model folder as ``<name>_v<version>``."""
+    def save_version(self, seg=None, parent: Path | None = None) -> Path:
+        """Save ``seg`` (default: current) as a new version of this model in the store.
+
+        The number comes from the store (past every saved version of this name) and
+        becomes ``seg.version``; ``parent`` is the checkpoint ``seg`` was fine-tuned from.
+        Raises ValueError / OSError with nothing changed here when the save fails.
+        """
         seg = self.segmenter if seg is None else seg
         if seg is None:
             raise ValueError("no model to save")
-        path = models_dir() / f"{self.name or 'model'}_v{int(seg.version):03d}.safetensors"
-        saved = Path(seg.save(path) or path)
+        saved = store.save_version(seg, self.name or "model", parent=parent)
         self.history = [(v, p) for v, p in self.history if v != seg.version]
         self.history.append((int(seg.version), saved))
         self.history.sort()
         self._refresh_versions()
         self.refresh_recent()
+        if seg is self.segmenter:
+            self._update_info()  # the store may have given it another number
         return saved
 
     def rollback(self, version: int):
@@ -261,14 +241,14 @@ class ModelPanel(QGroupBox):
                 modality=self.modality_hint,
                 config=self.config.currentText(),
             )
-        except (ValueError, RuntimeError) as exc:
+        except CORE_ERRORS as exc:
             self._notify(exc)
 
     def _on_load(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
             self,
             "Load LightM-UNet checkpoint",
-            str(models_dir()),
+            str(models_dir(create=False)),
             "Checkpoints (*.safetensors *.json);;All files (*)",
         )
         if path:
@@ -282,7 +262,7 @@ class ModelPanel(QGroupBox):
     def _load_guarded(self, path: Path) -> None:
         try:
             self.load_path(path)
-        except (ValueError, OSError, RuntimeError) as exc:
+        except CORE_ERRORS as exc:
             self._notify(exc)
 
     def _on_rollback(self) -> None:
@@ -291,7 +271,7 @@ class ModelPanel(QGroupBox):
             return
         try:
             self.rollback(int(version))
-        except (ValueError, OSError, RuntimeError) as exc:
+        except CORE_ERRORS as exc:
             self._notify(exc)
 
     def _on_device(self, _text: str) -> None:
@@ -308,7 +288,7 @@ class ModelPanel(QGroupBox):
                 self.segmenter = type(seg).load(path, device=self.device_choice())
             self._update_info()
             self.model_changed.emit(self.segmenter)
-        except (ValueError, OSError, RuntimeError) as exc:
+        except CORE_ERRORS as exc:
             self._notify(exc)
 
     # --- display ------------------------------------------------------------------

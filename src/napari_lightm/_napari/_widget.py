@@ -31,7 +31,7 @@ from napari_lightm import __version__
 from napari_lightm._napari import _keybindings as keys
 from napari_lightm._napari._click import ClickController
 from napari_lightm._napari._finetune_panel import FinetunePanel
-from napari_lightm._napari._model_panel import ModelPanel, lightm_home
+from napari_lightm._napari._model_panel import CORE_ERRORS, ModelPanel
 from napari_lightm._napari._review import (
     ReviewStrip,
     ReviewTracker,
@@ -40,6 +40,7 @@ from napari_lightm._napari._review import (
     reviewed_slices,
 )
 from napari_lightm._napari._workers import JobRunner
+from napari_lightm.engine.store import lightm_home
 
 if TYPE_CHECKING:
     import napari
@@ -163,9 +164,9 @@ class LightMWidget(QWidget):
             "segment_slice": lambda: self._guard(_segment.start_segment, self, "slice"),
             "segment_box": lambda: self._guard(_segment.start_segment, self, "box"),
             "segment_unreviewed": lambda: self._guard(_segment.start_segment, self, "unreviewed"),
-            "click_mode": self.enter_click_mode,
+            "click_mode": lambda: self._guard_io(self.enter_click_mode),
             "toggle_polarity": self.clicks.toggle,
-            "mark_reviewed": self.mark_current_reviewed,
+            "mark_reviewed": lambda: self._guard_io(self.mark_current_reviewed),
             "finetune": lambda: self._guard(self.finetune.start),
             "cancel": self.runner.cancel,
         }
@@ -183,7 +184,7 @@ class LightMWidget(QWidget):
             button.clicked.connect(lambda _checked=False, a=action: actions[a]())
         self.save_session_button.clicked.connect(self._on_save_session)
         self.open_session_button.clicked.connect(self._on_open_session)
-        self.demo_button.clicked.connect(lambda: _demo.start_demo(self))
+        self.demo_button.clicked.connect(lambda: self._guard_io(_demo.start_demo, self))
         self.runner.busy_changed.connect(self._on_busy)
         self.image_picker.currentIndexChanged.connect(lambda _i: self._on_image_picked())
         self.review_strip.slice_clicked.connect(self._go_to_slice)
@@ -194,8 +195,9 @@ class LightMWidget(QWidget):
         self.viewer.dims.events.current_step.connect(self._on_step)
         return actions
 
-    def _guard(self, func, *args) -> bool:
-        """Run an action unless a job is running (keys stay live while buttons are off)."""
+    def _guard(self, func, *args):
+        """Run an action unless a job is running (keys stay live while buttons are off);
+        an error from the core becomes a notification (:meth:`_guard_io`)."""
         if self.runner.busy:
             from napari.utils.notifications import show_info
 
@@ -203,7 +205,7 @@ class LightMWidget(QWidget):
                 f"busy with '{self.runner.name}'; press Cancel [{keys.KEYBINDINGS['cancel'].key}]"
             )
             return False
-        return func(*args)
+        return self._guard_io(func, *args)
 
     def _on_busy(self, busy: bool) -> None:
         for button in (
@@ -386,11 +388,13 @@ class LightMWidget(QWidget):
             self._guard_io(self.open_session, folder)
 
     def _guard_io(self, func, *args):
+        """``func(*args)``; an error from the core (bad input, disk, device, safetensors)
+        becomes one notification and None, never an exception out of a Qt slot."""
         from napari.utils.notifications import show_error
 
         try:
             return func(*args)
-        except (ValueError, OSError) as exc:
+        except CORE_ERRORS as exc:
             show_error(str(exc))
             return None
 
