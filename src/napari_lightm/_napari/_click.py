@@ -161,7 +161,7 @@ class ClickController:
                 border_color="white",
                 size=max(2.0, 0.02 * max(image_layer.data.shape[-2:])),
             )
-            layer.events.data.connect(self._on_points)
+        layer.events.data.connect(self._on_points)  # once: napari ignores a repeat
         self.layer = layer
         self.set_positive(self.positive)
         viewer.layers.selection.active = layer
@@ -177,6 +177,15 @@ class ClickController:
 
     def toggle(self) -> None:
         self.set_positive(not self.positive)
+
+    def close(self) -> None:
+        """Stop listening to the clicks layer (the widget is going away)."""
+        if self.layer is not None:
+            try:
+                self.layer.events.data.disconnect(self._on_points)
+            except (RuntimeError, TypeError, ValueError):
+                pass
+        self.layer = None
 
     def _on_points(self, event) -> None:
         if str(getattr(event, "action", "added")).lower().split(".")[-1] != "added":

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 from napari_lightm._napari._keybindings import button_text, tooltip
 from napari_lightm._napari._review import find_labels, reviewed_mask, reviewed_slices
 from napari_lightm._napari._segment import image_array, layer_geometry
+from napari_lightm._napari._workers import alive
 
 if TYPE_CHECKING:
     from napari_lightm._napari._widget import LightMWidget
@@ -231,11 +232,11 @@ class FinetunePanel(QGroupBox):
         return True
 
     def _on_progress(self, p) -> None:
-        if p.loss is not None:
+        if p.loss is not None and alive(self.plot):
             self.plot.add(p.loss)
 
     def _on_busy(self, busy: bool) -> None:
-        if busy:
+        if busy or not alive(self):
             return
         for signal, slot in (
             (self.widget.runner.progressed, self._on_progress),

@@ -8,6 +8,7 @@ The parts live in their own modules: model panel (``_model_panel``), segmentatio
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,7 @@ from napari_lightm._napari._review import (
     find_labels,
     reviewed_slices,
 )
-from napari_lightm._napari._workers import JobRunner
+from napari_lightm._napari._workers import JobRunner, alive
 
 if TYPE_CHECKING:
     import napari
@@ -149,8 +150,13 @@ class LightMWidget(QWidget):
         self.runner = JobRunner(self.progress, self)
         self.tracker = ReviewTracker(on_change=lambda _layer: self.refresh_review())
         self.clicks = ClickController(self)
+        self._napari_connections: list = []  # (emitter, callback), cut on teardown
+        self._closed = False
         self._actions = self._connect()
         self._bound_keys = keys.bind_all(self.viewer, self._actions)
+        # closing the viewer deletes this widget without a closeEvent: tear down then
+        # too (a plain callable: it runs while the widget's Qt object goes away)
+        self.destroyed.connect(partial(LightMWidget._teardown, self))
         self.refresh_images()
         self.on_polarity(True)
 
@@ -189,10 +195,20 @@ class LightMWidget(QWidget):
         self.review_strip.slice_clicked.connect(self._go_to_slice)
         self.model.model_changed.connect(lambda _seg: self.refresh_review())
         events = self.viewer.layers.events
-        for event in (events.inserted, events.removed, events.reordered):
-            event.connect(self._on_layers_changed)
-        self.viewer.dims.events.current_step.connect(self._on_step)
+        for emitter, callback in (
+            (events.inserted, self._on_layers_changed),
+            (events.removed, self._on_layers_changed),
+            (events.reordered, self._on_layers_changed),
+            (self.viewer.dims.events.current_step, self._on_step),
+        ):
+            self._listen(emitter, callback)
         return actions
+
+    def _listen(self, emitter, callback) -> None:
+        """Connect a napari event to this widget until it closes (once per pair)."""
+        if (emitter, callback) not in self._napari_connections:
+            emitter.connect(callback)
+            self._napari_connections.append((emitter, callback))
 
     def _guard(self, func, *args) -> bool:
         """Run an action unless a job is running (keys stay live while buttons are off)."""
@@ -223,6 +239,8 @@ class LightMWidget(QWidget):
         self.cancel_button.setEnabled(busy)
 
     def _on_layers_changed(self, event=None) -> None:
+        if not self.is_open:
+            return
         self.refresh_images()
         layer = getattr(event, "value", None)
         from napari.layers import Labels
@@ -240,6 +258,8 @@ class LightMWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def refresh_images(self) -> None:
+        if not self.is_open:
+            return
         current = self.image_picker.currentText()
         names = [layer.name for layer in self.image_layers()]
         self.image_picker.blockSignals(True)
@@ -308,6 +328,8 @@ class LightMWidget(QWidget):
             self.tracker.mark(labels, [self.current_slice()])
 
     def refresh_review(self) -> None:
+        if not self.is_open:
+            return
         image = self.current_image()
         labels = find_labels(self.viewer, image) if image is not None else None
         if labels is None:
@@ -395,9 +417,32 @@ class LightMWidget(QWidget):
             return None
 
     # --- teardown -----------------------------------------------------------------
-    def closeEvent(self, event) -> None:
-        self.runner.cancel()
+    @property
+    def is_open(self) -> bool:
+        """False once the widget closed or its Qt object was deleted (the viewer closed)."""
+        return not self._closed and alive(self)
+
+    def _teardown(self, *_args) -> None:
+        """Cancel the running job and cut every napari connection (idempotent).
+
+        Runs from ``closeEvent`` and when the widget is deleted (the viewer closed), so
+        it calls nothing on this widget's Qt objects.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.runner.shutdown()
         keys.unbind_all(self.viewer, self._bound_keys)
         self._bound_keys = []
         self.tracker.untrack_all()
+        self.clicks.close()
+        for emitter, callback in self._napari_connections:
+            try:
+                emitter.disconnect(callback)
+            except (RuntimeError, TypeError, ValueError):
+                pass
+        self._napari_connections = []
+
+    def closeEvent(self, event) -> None:
+        self._teardown()
         super().closeEvent(event)
