@@ -34,11 +34,13 @@ from napari_lightm._napari._click import ClickController
 from napari_lightm._napari._finetune_panel import FinetunePanel
 from napari_lightm._napari._model_panel import ModelPanel, lightm_home
 from napari_lightm._napari._review import (
+    IMAGE_ID_KEY,
+    IMAGE_KEY,
     ReviewStrip,
     ReviewTracker,
     ensure_labels,
     find_labels,
-    reviewed_slices,
+    image_id,
 )
 from napari_lightm._napari._workers import JobRunner, alive
 
@@ -245,7 +247,9 @@ class LightMWidget(QWidget):
         layer = getattr(event, "value", None)
         from napari.layers import Labels
 
-        if isinstance(layer, Labels) and layer.metadata.get("lightm_image"):
+        if isinstance(layer, Labels) and (
+            layer.metadata.get(IMAGE_ID_KEY) or layer.metadata.get(IMAGE_KEY)
+        ):
             self.tracker.track(layer)
 
     def _on_step(self, event=None) -> None:
@@ -258,19 +262,27 @@ class LightMWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def refresh_images(self) -> None:
+        """List the open images by name; the picked one stays picked (by identity, so a
+        rename keeps it)."""
         if not self.is_open:
             return
-        current = self.image_picker.currentText()
-        names = [layer.name for layer in self.image_layers()]
+        current = self.image_picker.currentData()
+        layers = self.image_layers()
+        ids = [image_id(layer) for layer in layers]
         self.image_picker.blockSignals(True)
         self.image_picker.clear()
-        self.image_picker.addItems(names)
-        if current in names:
-            self.image_picker.setCurrentText(current)
-        elif names:
-            self.image_picker.setCurrentIndex(len(names) - 1)
+        for layer, uid in zip(layers, ids):
+            self.image_picker.addItem(layer.name, uid)
+            self._listen(layer.events.name, self._on_image_renamed)
+        if current in ids:
+            self.image_picker.setCurrentIndex(ids.index(current))
+        elif ids:
+            self.image_picker.setCurrentIndex(len(ids) - 1)
         self.image_picker.blockSignals(False)
         self._on_image_picked()
+
+    def _on_image_renamed(self, event=None) -> None:
+        self.refresh_images()
 
     def _on_image_picked(self) -> None:
         """Offer the picked image's classes and modality for a new model."""
@@ -286,14 +298,16 @@ class LightMWidget(QWidget):
 
     def current_image(self):
         """The picked Image layer (None when no image is open)."""
-        name = self.image_picker.currentText()
+        uid = self.image_picker.currentData()
         for layer in self.image_layers():
-            if layer.name == name:
+            if image_id(layer) == uid:
                 return layer
         return None
 
     def set_image(self, layer) -> None:
-        self.image_picker.setCurrentText(layer.name)
+        index = self.image_picker.findData(image_id(layer))
+        if index >= 0:
+            self.image_picker.setCurrentIndex(index)
 
     def images_with_labels(self) -> list:
         """Open images that have a linked Labels layer."""
@@ -328,6 +342,7 @@ class LightMWidget(QWidget):
             self.tracker.mark(labels, [self.current_slice()])
 
     def refresh_review(self) -> None:
+        """Show the reviewed slices, and the painted / clicked voxels of the current one."""
         if not self.is_open:
             return
         image = self.current_image()
@@ -336,15 +351,21 @@ class LightMWidget(QWidget):
             self.review_strip.set_state(np.zeros(0, bool))
             self.review_summary.setText("no labels yet: segment, click or paint")
             return
-        flags = reviewed_slices(labels)
+        state = self.tracker.annotation(labels)
+        flags = state.reviewed
         current = self.current_slice()
         self.review_strip.set_state(flags, current)
         done = np.flatnonzero(flags).tolist()
         shown = ", ".join(map(str, done[:12])) + (" …" if len(done) > 12 else "")
+        marked = state.marked()
+        here = 0
+        if marked is not None:
+            here = int(np.count_nonzero(marked[current] if marked.ndim == 3 else marked))
         self.review_summary.setText(
             f"{len(done)} / {len(flags)} slices reviewed"
             + (f": {shown}" if done else "")
             + ("  (current slice reviewed)" if flags[current] else "")
+            + (f"; {here} painted/clicked voxels on this slice" if here else "")
         )
 
     def _go_to_slice(self, index: int) -> None:
