@@ -76,7 +76,7 @@ def test_bad_session_folders_raise_clear_errors(tmp_path):
 
 
 @pytest.mark.gui
-def test_save_close_reopen_restores_labels_and_reviewed(
+def test_save_close_reopen_restores_labels_reviewed_and_painted_truth(
     make_napari_viewer_proxy, tmp_path, monkeypatch
 ):
     from napari_lightm.io.phantoms import ct_phantom
@@ -94,10 +94,12 @@ def test_save_close_reopen_restores_labels_and_reviewed(
     viewer.dims.set_point(0, viewer.layers["ct"].data_to_world([7, 0, 0])[0])
     widget.mark_current_reviewed()
     expected_reviewed = np.zeros(12, bool)
-    expected_reviewed[[4, 7]] = True
+    expected_reviewed[7] = True  # the stroke is truth where painted; slice 4 is not reviewed
     np.testing.assert_array_equal(labels.metadata["lightm_reviewed"], expected_reviewed)
     expected_labels = np.array(labels.data)
     assert expected_labels[4].sum() > 0
+    expected_marked = widget.tracker.annotation(labels).marked().copy()
+    np.testing.assert_array_equal(expected_marked, expected_labels == 2)
 
     widget.save_session(tmp_path / "session")
     viewer.layers.clear()  # close everything
@@ -108,7 +110,8 @@ def test_save_close_reopen_restores_labels_and_reviewed(
     reopened = widget2.labels_layer()
     np.testing.assert_array_equal(reopened.data, expected_labels)
     np.testing.assert_array_equal(reopened.metadata["lightm_reviewed"], expected_reviewed)
+    np.testing.assert_array_equal(widget2.tracker.annotation(reopened).marked(), expected_marked)
     # the image comes back in its geometry, and the labels are linked and aligned with it
     np.testing.assert_allclose(viewer2.layers["ct"].scale, geometry.scale)
     np.testing.assert_allclose(reopened.scale, geometry.scale)
-    assert "4, 7" in widget2.review_summary.text()
+    assert "7" in widget2.review_summary.text() and "4" not in widget2.review_summary.text()

@@ -100,11 +100,13 @@ def test_segment_image_is_aligned_undoable_and_keeps_reviewed(setup, ct, tuned, 
     seg = tuned  # briefly trained, so the screenshot shows organs
     widget.model.set_segmenter(seg, name="tuned")
     labels = widget.labels_layer(create=True)
-    # earlier work: a user label on slice 3 (reviewed) and a stray label on slice 9
+    # earlier work: a user label on slice 3 (then marked reviewed) and an earlier model
+    # label on slice 9 (no truth: the new prediction replaces it)
     labels.data_setitem((np.full(4, 3), np.arange(4), np.arange(4)), 1)
-    labels.data_setitem((np.full(4, 9), np.arange(4), np.arange(4)), 2)
-    labels.metadata["lightm_reviewed"][:] = False
-    labels.metadata["lightm_reviewed"][3] = True  # (both edits marked their slice; keep 3)
+    stray = np.zeros(image.shape, bool)
+    stray[9, np.arange(4), np.arange(4)] = True
+    widget.tracker.write(labels, np.full(image.shape, 2, np.uint8), where=stray)
+    widget.tracker.mark(labels, [3])
     before = np.array(labels.data)
 
     widget.segment_image_button.click()
@@ -204,6 +206,7 @@ def test_click_positive_adds_the_component_negative_removes_it(setup, ct, tuned,
     from scipy import ndimage
 
     from napari_lightm._napari._click import click_roi
+    from napari_lightm._napari.annotation import click_disc
 
     viewer, widget, layer = setup
     image, truth, geometry = ct
@@ -223,6 +226,8 @@ def test_click_positive_adds_the_component_negative_removes_it(setup, ct, tuned,
     comps, _ = ndimage.label(prediction == cls)
     expected = np.zeros(image.shape, np.uint8)
     expected[region][comps == comps[rel]] = cls
+    disc = click_disc(image.shape, index)  # the click's own disc is truth of its class
+    expected[disc] = cls
 
     widget.click_button.click()  # click mode: a Points layer in add mode
     points = viewer.layers["LightM clicks"]
@@ -237,11 +242,13 @@ def test_click_positive_adds_the_component_negative_removes_it(setup, ct, tuned,
     viewer.dims.set_point(0, world[0])  # show the clicked slice
     save_screenshot(viewer, "screenshot_click.png")
 
-    widget.polarity_button.click()  # negative
+    widget.polarity_button.click()  # negative, on the object away from the first click
     assert not widget.clicks.positive
-    points.add(points.world_to_data(world))
+    away = (z, *np.argwhere((expected[z] > 0) & ~disc[z])[0])
+    points.add(points.world_to_data(layer.data_to_world(away)))
     assert not widget.runner.busy  # a removal needs no model run
-    assert not labels.data.any()
+    # the object is gone, except the positive click's disc: that is the user's truth
+    np.testing.assert_array_equal(labels.data, np.where(disc, cls, 0))
     labels.undo()  # each click is one undo step
     np.testing.assert_array_equal(labels.data, expected)
 
@@ -256,11 +263,13 @@ def test_finetune_on_three_reviewed_slices_raises_unreviewed_dice(setup, ct, qtb
     unreviewed = np.setdiff1d(np.arange(SHAPE[0]), reviewed)
     before = liver_dice(seg.predict(image, geometry)[unreviewed], truth[unreviewed])
 
-    # the user corrects 3 slices: paint the truth there (user edits -> reviewed)
+    # the user corrects 3 slices (paints the truth there) and marks them reviewed
     labels = widget.labels_layer(create=True)
     for z in reviewed:
         idx = np.nonzero(truth[z])
         labels.data_setitem((np.full(idx[0].size, z), *idx), truth[z][idx])
+    assert not labels.metadata["lightm_reviewed"].any()  # painting alone reviews nothing
+    widget.tracker.mark(labels, reviewed)
     assert np.flatnonzero(labels.metadata["lightm_reviewed"]).tolist() == reviewed
     reviewed_before = np.array(labels.data[reviewed])
 

@@ -142,8 +142,8 @@ def start_demo(widget: LightMWidget) -> bool:
             return
         widget.runner.busy_changed.disconnect(_then_segment)
         if widget.runner.last_status == "finished":
-            # after the current signal has reached every slot
-            QTimer.singleShot(0, lambda: start_segment(widget, "unreviewed"))
+            # after the current signal has reached every slot, unless the widget closed
+            QTimer.singleShot(0, lambda: widget.is_open and start_segment(widget, "unreviewed"))
 
     if not widget.finetune.start():
         return False

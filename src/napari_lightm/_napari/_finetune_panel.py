@@ -1,9 +1,11 @@
-"""Fine-tune panel: train the current model on the reviewed slices of every open image.
+"""Fine-tune panel: train the current model on the truth of every open image.
 
-Reviewed slices are fully labelled (0 = background there); everything else is
-ignored by the loss. The run goes through ``engine.iter_finetune`` in the widget's
-worker with a time and step budget, draws its loss curve live, and on success
-saves the new model version in the model folder and autosaves the session.
+Truth is the reviewed slices (fully labelled: 0 = background there), the voxels the
+user painted or erased, and the disc around each click; everything else is ignored
+by the loss (``annotation.Annotation.truth``). The run goes through
+``engine.iter_finetune`` in the widget's worker with a time and step budget, draws its
+loss curve live, and on success saves the new model version in the model folder and
+autosaves the session.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from qtpy.QtWidgets import (
 
 from napari_lightm._napari._keybindings import button_text, tooltip
 from napari_lightm._napari._model_panel import CORE_ERRORS
-from napari_lightm._napari._review import find_labels, reviewed_mask, reviewed_slices
+from napari_lightm._napari._review import find_labels
 from napari_lightm._napari._segment import image_array, layer_geometry
+from napari_lightm._napari._workers import alive
 
 if TYPE_CHECKING:
     from napari_lightm._napari._widget import LightMWidget
@@ -44,7 +47,7 @@ FROM_SCRATCH_LR = 3e-3
 
 
 class NothingReviewedError(ValueError):
-    """Fine-tuning was asked for with no reviewed slice in any open image."""
+    """Fine-tuning was asked for with no truth (reviewed, painted, clicked) in any image."""
 
 
 class LossPlot(QWidget):
@@ -106,34 +109,30 @@ def preload_training_modules() -> None:
 
 
 def gather_samples(widget: LightMWidget) -> tuple[list, list[str]]:
-    """``FinetuneSample`` per open image with reviewed slices, and a line per image used.
+    """``FinetuneSample`` per open image with truth, and a line per image used.
 
-    Raises :class:`NothingReviewedError` when no image has a reviewed slice.
+    Each sample's ``reviewed`` mask is the image's truth: reviewed slices OR painted
+    voxels OR click discs. Raises :class:`NothingReviewedError` when no image has any.
     """
-    from napari_lightm.engine import FinetuneSample
-
     seg = widget.model.segmenter
     samples, used = [], []
     for layer in widget.images_with_labels():
         labels = find_labels(widget.viewer, layer)
-        flags = reviewed_slices(labels)
-        if not flags.any():
+        state = widget.tracker.annotation(labels)  # with napari's undo/redo applied
+        if not state.has_truth():
             continue
         image = image_array(layer)
         if seg is not None and seg.spatial_dims == 3 and image.ndim == 2:
             continue  # a 3D model cannot learn from a 2D image
-        samples.append(
-            FinetuneSample(
-                image,
-                np.array(labels.data, copy=True),
-                reviewed_mask(labels),
-                layer_geometry(layer),
-            )
+        samples.append(state.finetune_sample(image, labels.data, layer_geometry(layer)))
+        n_marked = state.n_marked()
+        used.append(
+            f"{layer.name}: {int(state.reviewed.sum())} reviewed slice(s)"
+            + (f", {n_marked} painted/clicked voxel(s)" if n_marked else "")
         )
-        used.append(f"{layer.name}: {int(flags.sum())} reviewed slice(s)")
     if not samples:
         raise NothingReviewedError(
-            "no reviewed slices: paint corrections (or press 'Mark slice reviewed') first"
+            "nothing to learn from: mark slices reviewed, paint corrections or click first"
         )
     return samples, used
 
@@ -234,11 +233,11 @@ class FinetunePanel(QGroupBox):
         return True
 
     def _on_progress(self, p) -> None:
-        if p.loss is not None:
+        if p.loss is not None and alive(self.plot):
             self.plot.add(p.loss)
 
     def _on_busy(self, busy: bool) -> None:
-        if busy:
+        if busy or not alive(self):
             return
         for signal, slot in (
             (self.widget.runner.progressed, self._on_progress),

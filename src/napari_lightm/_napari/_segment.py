@@ -3,7 +3,9 @@
 Each action picks a region (what the model sees, ``infer``) and a sub-region it may
 write (``write``), runs ``Segmenter.iter_predict`` in the widget's worker and, back
 on the main thread, writes the prediction into the image's linked Labels layer as
-one undo step that skips reviewed slices.
+one undo step that leaves every truth voxel (reviewed slices, painted voxels, click
+discs) as it is. The labels are found by the image layer's identity, so renaming the
+image while the job runs still writes into its labels.
 """
 
 from __future__ import annotations
@@ -193,7 +195,8 @@ def predict_jobs(seg, jobs: list[Job], cancel):
 
 
 def apply_predictions(widget: LightMWidget, jobs: list[Job], predictions) -> int:
-    """Write each prediction into its image's Labels layer (main thread); voxels changed."""
+    """Write each prediction into its image's Labels layer (main thread), truth voxels
+    excepted; voxels changed."""
     seg = widget.model.segmenter
     n_classes = len(seg.class_names) if seg is not None else 256
     changed = 0

@@ -32,6 +32,7 @@ def collect(widget: LightMWidget) -> list[SessionImage]:
                 name=layer.name,
                 labels=np.array(labels.data, copy=True),
                 reviewed=reviewed_slices(labels).copy(),
+                marked=widget.tracker.annotation(labels).marked(),
                 source=source,
                 image=np.asarray(layer.data),
                 geometry=geometry,
@@ -85,6 +86,7 @@ def open_session(widget: LightMWidget, folder: str | Path) -> list:
             widget.tracker.write(labels, item.labels, protect_reviewed=False)
         labels.metadata[REVIEWED_KEY] = item.reviewed.copy()
         widget.tracker.track(labels)
+        widget.tracker.set_marked_mask(labels, item.marked)
         labels.refresh()
         out.append(labels)
     widget.session_dir = Path(folder)

@@ -8,6 +8,7 @@ The parts live in their own modules: model panel (``_model_panel``), segmentatio
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,13 +34,15 @@ from napari_lightm._napari._click import ClickController
 from napari_lightm._napari._finetune_panel import FinetunePanel
 from napari_lightm._napari._model_panel import CORE_ERRORS, ModelPanel
 from napari_lightm._napari._review import (
+    IMAGE_ID_KEY,
+    IMAGE_KEY,
     ReviewStrip,
     ReviewTracker,
     ensure_labels,
     find_labels,
-    reviewed_slices,
+    image_id,
 )
-from napari_lightm._napari._workers import JobRunner
+from napari_lightm._napari._workers import JobRunner, alive
 from napari_lightm.engine.store import lightm_home
 
 if TYPE_CHECKING:
@@ -150,8 +153,13 @@ class LightMWidget(QWidget):
         self.runner = JobRunner(self.progress, self)
         self.tracker = ReviewTracker(on_change=lambda _layer: self.refresh_review())
         self.clicks = ClickController(self)
+        self._napari_connections: list = []  # (emitter, callback), cut on teardown
+        self._closed = False
         self._actions = self._connect()
         self._bound_keys = keys.bind_all(self.viewer, self._actions)
+        # closing the viewer deletes this widget without a closeEvent: tear down then
+        # too (a plain callable: it runs while the widget's Qt object goes away)
+        self.destroyed.connect(partial(LightMWidget._teardown, self))
         self.refresh_images()
         self.on_polarity(True)
 
@@ -190,10 +198,20 @@ class LightMWidget(QWidget):
         self.review_strip.slice_clicked.connect(self._go_to_slice)
         self.model.model_changed.connect(lambda _seg: self.refresh_review())
         events = self.viewer.layers.events
-        for event in (events.inserted, events.removed, events.reordered):
-            event.connect(self._on_layers_changed)
-        self.viewer.dims.events.current_step.connect(self._on_step)
+        for emitter, callback in (
+            (events.inserted, self._on_layers_changed),
+            (events.removed, self._on_layers_changed),
+            (events.reordered, self._on_layers_changed),
+            (self.viewer.dims.events.current_step, self._on_step),
+        ):
+            self._listen(emitter, callback)
         return actions
+
+    def _listen(self, emitter, callback) -> None:
+        """Connect a napari event to this widget until it closes (once per pair)."""
+        if (emitter, callback) not in self._napari_connections:
+            emitter.connect(callback)
+            self._napari_connections.append((emitter, callback))
 
     def _guard(self, func, *args):
         """Run an action unless a job is running (keys stay live while buttons are off);
@@ -225,11 +243,15 @@ class LightMWidget(QWidget):
         self.cancel_button.setEnabled(busy)
 
     def _on_layers_changed(self, event=None) -> None:
+        if not self.is_open:
+            return
         self.refresh_images()
         layer = getattr(event, "value", None)
         from napari.layers import Labels
 
-        if isinstance(layer, Labels) and layer.metadata.get("lightm_image"):
+        if isinstance(layer, Labels) and (
+            layer.metadata.get(IMAGE_ID_KEY) or layer.metadata.get(IMAGE_KEY)
+        ):
             self.tracker.track(layer)
 
     def _on_step(self, event=None) -> None:
@@ -242,17 +264,27 @@ class LightMWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def refresh_images(self) -> None:
-        current = self.image_picker.currentText()
-        names = [layer.name for layer in self.image_layers()]
+        """List the open images by name; the picked one stays picked (by identity, so a
+        rename keeps it)."""
+        if not self.is_open:
+            return
+        current = self.image_picker.currentData()
+        layers = self.image_layers()
+        ids = [image_id(layer) for layer in layers]
         self.image_picker.blockSignals(True)
         self.image_picker.clear()
-        self.image_picker.addItems(names)
-        if current in names:
-            self.image_picker.setCurrentText(current)
-        elif names:
-            self.image_picker.setCurrentIndex(len(names) - 1)
+        for layer, uid in zip(layers, ids):
+            self.image_picker.addItem(layer.name, uid)
+            self._listen(layer.events.name, self._on_image_renamed)
+        if current in ids:
+            self.image_picker.setCurrentIndex(ids.index(current))
+        elif ids:
+            self.image_picker.setCurrentIndex(len(ids) - 1)
         self.image_picker.blockSignals(False)
         self._on_image_picked()
+
+    def _on_image_renamed(self, event=None) -> None:
+        self.refresh_images()
 
     def _on_image_picked(self) -> None:
         """Offer the picked image's classes and modality for a new model."""
@@ -268,14 +300,16 @@ class LightMWidget(QWidget):
 
     def current_image(self):
         """The picked Image layer (None when no image is open)."""
-        name = self.image_picker.currentText()
+        uid = self.image_picker.currentData()
         for layer in self.image_layers():
-            if layer.name == name:
+            if image_id(layer) == uid:
                 return layer
         return None
 
     def set_image(self, layer) -> None:
-        self.image_picker.setCurrentText(layer.name)
+        index = self.image_picker.findData(image_id(layer))
+        if index >= 0:
+            self.image_picker.setCurrentIndex(index)
 
     def images_with_labels(self) -> list:
         """Open images that have a linked Labels layer."""
@@ -310,21 +344,30 @@ class LightMWidget(QWidget):
             self.tracker.mark(labels, [self.current_slice()])
 
     def refresh_review(self) -> None:
+        """Show the reviewed slices, and the painted / clicked voxels of the current one."""
+        if not self.is_open:
+            return
         image = self.current_image()
         labels = find_labels(self.viewer, image) if image is not None else None
         if labels is None:
             self.review_strip.set_state(np.zeros(0, bool))
             self.review_summary.setText("no labels yet: segment, click or paint")
             return
-        flags = reviewed_slices(labels)
+        state = self.tracker.annotation(labels)
+        flags = state.reviewed
         current = self.current_slice()
         self.review_strip.set_state(flags, current)
         done = np.flatnonzero(flags).tolist()
         shown = ", ".join(map(str, done[:12])) + (" …" if len(done) > 12 else "")
+        marked = state.marked()
+        here = 0
+        if marked is not None:
+            here = int(np.count_nonzero(marked[current] if marked.ndim == 3 else marked))
         self.review_summary.setText(
             f"{len(done)} / {len(flags)} slices reviewed"
             + (f": {shown}" if done else "")
             + ("  (current slice reviewed)" if flags[current] else "")
+            + (f"; {here} painted/clicked voxels on this slice" if here else "")
         )
 
     def _go_to_slice(self, index: int) -> None:
@@ -399,9 +442,32 @@ class LightMWidget(QWidget):
             return None
 
     # --- teardown -----------------------------------------------------------------
-    def closeEvent(self, event) -> None:
-        self.runner.cancel()
+    @property
+    def is_open(self) -> bool:
+        """False once the widget closed or its Qt object was deleted (the viewer closed)."""
+        return not self._closed and alive(self)
+
+    def _teardown(self, *_args) -> None:
+        """Cancel the running job and cut every napari connection (idempotent).
+
+        Runs from ``closeEvent`` and when the widget is deleted (the viewer closed), so
+        it calls nothing on this widget's Qt objects.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.runner.shutdown()
         keys.unbind_all(self.viewer, self._bound_keys)
         self._bound_keys = []
         self.tracker.untrack_all()
+        self.clicks.close()
+        for emitter, callback in self._napari_connections:
+            try:
+                emitter.disconnect(callback)
+            except (RuntimeError, TypeError, ValueError):
+                pass
+        self._napari_connections = []
+
+    def closeEvent(self, event) -> None:
+        self._teardown()
         super().closeEvent(event)

@@ -5,6 +5,8 @@ Layout of a session folder (format version 2)::
     session.json                     the manifest: images, model, and every file it owns
     labels_00-<id>.npy               labels of image 0 (exact dtype)
     reviewed_00-<id>.npy             bool [n_slices] reviewed flags of image 0
+    marked_00-<id>.npy               bool, labels' shape: voxels the user painted or
+                                     clicked (truth outside reviewed slices); optional
     image_00-<id>.npy                the image itself, only when it has no source file
     model_v003-<id>.safetensors      the model in use (``Segmenter.save``)
 
@@ -59,6 +61,7 @@ class SessionImage:
     image: np.ndarray | None = None  # kept only when there is no source file
     geometry: dict[str, Any] | None = None
     layer: dict[str, Any] = field(default_factory=dict)  # scale / translate of the layer
+    marked: np.ndarray | None = None  # bool, labels' shape: painted voxels and click discs
 
 
 @dataclass
@@ -105,6 +108,9 @@ def write_session(
         }
         arrays[entry["labels_file"]] = labels
         arrays[entry["reviewed_file"]] = np.asarray(item.reviewed, bool)
+        if item.marked is not None and np.any(item.marked):
+            entry["marked_file"] = f"marked_{i:02d}-{save_id}.npy"
+            arrays[entry["marked_file"]] = np.asarray(item.marked, bool)
         if item.image is not None and not (item.source and Path(item.source).exists()):
             entry["image_file"] = f"image_{i:02d}-{save_id}.npy"
             arrays[entry["image_file"]] = np.asarray(item.image)
@@ -234,7 +240,10 @@ def _owned_files(folder: Path) -> set[str]:
         names = []
         for entry in doc.get("images") or []:
             if isinstance(entry, dict):
-                names += [entry.get(k) for k in ("labels_file", "reviewed_file", "image_file")]
+                names += [
+                    entry.get(k)
+                    for k in ("labels_file", "reviewed_file", "image_file", "marked_file")
+                ]
         model = doc.get("model")
         if isinstance(model, dict) and isinstance(model.get("checkpoint"), str):
             names.append(model["checkpoint"])
@@ -355,11 +364,21 @@ def _read_image(folder: Path, entry: Any, index: int) -> SessionImage:
         raise SessionError(
             f"{where}: {reviewed.shape} reviewed flags do not fit labels of shape {labels.shape}"
         )
+    marked = None
+    if entry.get("marked_file") is not None:
+        marked = _load_array(folder, entry.get("marked_file"), "marked voxels", where, "biu")
+        if marked.shape != labels.shape:
+            raise SessionError(
+                f"{where}: marked voxels of shape {marked.shape} differ from labels {labels.shape}"
+            )
+        marked = marked.astype(bool)
     if image is not None and image.shape != labels.shape:
         raise SessionError(
             f"{where}: image shape {image.shape} differs from labels shape {labels.shape}"
         )
-    return SessionImage(name, labels, reviewed.astype(bool), source, image, geometry, layer)
+    return SessionImage(
+        name, labels, reviewed.astype(bool), source, image, geometry, layer, marked
+    )
 
 
 def _layer_transforms(layer: dict, where: str) -> dict[str, list[float]]:
