@@ -8,7 +8,8 @@ process, so the speed-up column compares like with like even on a shared machine
     python benchmarks/bench_scan.py           # the four shapes of issue 3
     python benchmarks/bench_scan.py --quick   # smoke run: short sequences, not recorded
 
-Records the table in ``benchmarks/RESULTS.md`` through ``benchmarks/_results.py:record``.
+Records the table through ``benchmarks/_results.py:record`` (a JSON line in the ignored
+``benchmarks/results/``); the current tables are in ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations

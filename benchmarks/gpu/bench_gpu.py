@@ -12,8 +12,10 @@ Sections (each guarded: a failure is printed and the run goes on):
    Adam train step 2x1x128^3 with peak memory; official (mamba_ssm.Mamba inside the same
    network) vs ours.
 
-Every table goes through ``benchmarks._results.record`` (set ``LIGHTM_RESULTS`` to
-collect them in another file). Run: ``python benchmarks/gpu/bench_gpu.py [--quick]``.
+Every table goes through ``benchmarks._results.record`` (JSON lines in the ignored
+``benchmarks/results/``; set ``LIGHTM_RESULTS_DIR`` to collect them in another folder; the
+current tables are in ``docs/benchmarks.md``; the parity checks are also the gpu-marked tests
+of ``tests/test_parity_gpu.py``). Run: ``python benchmarks/gpu/bench_gpu.py [--quick]``.
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@
 #   bash benchmarks/gpu/train_cxr.sh collect [SECONDS] # wait up to SECONDS, copy to $OUT
 # .whl holds the monai and safetensors wheels the machine lacks; .gpu_data/jsrt_256.npz a
 # copy of ../shared/data/jsrt (never committed). Copy $OUT/zoo/* into
-# src/napari_lightm/zoo/ and record $OUT/results.md on your machine.
+# src/napari_lightm/zoo/ and append $OUT/results/*.jsonl to benchmarks/results/ on your machine.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 W=/tmp/cxr
 DATA=${DATA:-.gpu_data/jsrt_256.npz}
-export PYTHONPATH=/tmp/site:$(pwd)/src:$(pwd) PYTHONUNBUFFERED=1 LIGHTM_RESULTS=$W/results.md
+export PYTHONPATH=/tmp/site:$(pwd)/src:$(pwd) PYTHONUNBUFFERED=1 LIGHTM_RESULTS_DIR=$W/results
 
 watch() {  # print progress every 60 s for $1 seconds or until both runs end
   local end=$(( $(date +%s) + $1 ))
@@ -37,8 +37,9 @@ start)
   ;;
 collect)
   watch "${2:-500}"
-  mkdir -p "$OUT/zoo"
-  cp $W/fold.log $W/all.log $W/fold.json $W/results.md "$OUT/" 2>/dev/null
+  mkdir -p "$OUT/zoo" "$OUT/results"
+  cp $W/fold.log $W/all.log $W/fold.json "$OUT/" 2>/dev/null
+  cp $W/results/*.jsonl "$OUT/results/" 2>/dev/null
   cp $W/zoo/* "$OUT/zoo/" 2>/dev/null
   ls -la "$OUT" "$OUT/zoo"
   ;;
