@@ -345,6 +345,20 @@ def test_damaged_dicom_header_value_is_refused_as_corrupt(tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("slope", ["1e30", "nan"])
+def test_implausible_rescale_slope_is_refused(tmp_path, slope):
+    """A huge integer slope wrapped around in int32 arithmetic; NaN made every voxel NaN."""
+    data = pydicom_file("CT_small.dcm").read_bytes()
+    path = tmp_path / "slope.dcm"  # (0028,1053) RescaleSlope "1 " -> a 4-byte value
+    path.write_bytes(
+        data.replace(
+            b"(\x00S\x10DS\x02\x001 ", b"(\x00S\x10DS\x04\x00" + slope[:4].encode().ljust(4), 1
+        )
+    )
+    with pytest.raises(ImageReadError, match="slope.dcm: implausible DICOM rescale"):
+        read_image(path)
+
+
 def test_series_with_non_perpendicular_orientation_is_refused(tmp_path):
     """Row and column cosines 63 degrees apart: no rotation can place such slices."""
     import pydicom

@@ -107,9 +107,16 @@ def _group_value(ds: Any, sequence: str, keyword: str, frame: int = 0) -> Any:
     return ds.get(keyword)
 
 
-def _rescale(array: np.ndarray, ds: Any) -> np.ndarray:
+# largest |RescaleSlope| / |RescaleIntercept| taken: no scanner writes more, and beyond
+# it stored values (up to 2**32) times the slope overflow float32
+RESCALE_LIMIT = 1e25
+INT32 = np.iinfo(np.int32)
+
+
+def _rescale(array: np.ndarray, ds: Any, path: Path) -> np.ndarray:
     """Modality LUT (RescaleSlope / RescaleIntercept, per frame in enhanced files; RT dose
-    grid scaling): stored values to real units (HU for CT, Gy for dose)."""
+    grid scaling): stored values to real units (HU for CT, Gy for dose). A non-finite or
+    absurd slope or intercept is refused (it would turn the image into NaN or garbage)."""
     frames = array.shape[0] if array.ndim == 3 else 1
     group = "PixelValueTransformationSequence"
     slopes = [float(_group_value(ds, group, "RescaleSlope", k) or 1) for k in range(frames)]
@@ -117,14 +124,24 @@ def _rescale(array: np.ndarray, ds: Any) -> np.ndarray:
     scale = float(ds.get("DoseGridScaling", 1) or 1)
     slope = np.asarray(slopes) * scale
     intercept = np.asarray(intercepts)
+    if not (np.all(np.abs(slope) < RESCALE_LIMIT) and np.all(np.abs(intercept) < RESCALE_LIMIT)):
+        raise ImageReadError(
+            f"{path}: implausible DICOM rescale (slope {slopes[0]:g} x {scale:g}, "
+            f"intercept {intercepts[0]:g})"
+        )
     if np.all(slope == 1) and np.all(intercept == 0):
         return array
+    whole = array.dtype.kind in "iu" and array.size > 0
+    whole = whole and np.all(slope == np.round(slope)) and np.all(intercept == np.round(intercept))
+    if whole:
+        lo, hi = int(array.min()), int(array.max())
+        ends = [int(s) * v + int(i) for s, i in zip(slope, intercept) for v in (lo, hi)]
+        whole = all(INT32.min <= e <= INT32.max for e in ends)
     if array.ndim == 3:
         slope, intercept = slope[:, None, None], intercept[:, None, None]
     else:
         slope, intercept = slope[0], intercept[0]
-    whole = array.dtype.kind in "iu" and np.all(slope == np.round(slope))
-    if whole and np.all(intercept == np.round(intercept)):
+    if whole:
         # integer CT rescale (slope 1, intercept -1024): exact in integers, no float pass
         return _compact(
             array.astype(np.int32) * slope.astype(np.int32) + intercept.astype(np.int32)
@@ -161,7 +178,7 @@ def _decoded(ds: Any, path: Path) -> tuple[np.ndarray, float | None]:
     if int(ds.get("SamplesPerPixel", 1)) > 1:
         array = fold_rgb(array, path)
     if not rescaled:
-        array = _rescale(array, ds)
+        array = _rescale(array, ds, path)
     return _invert_monochrome1(array, ds)
 
 
