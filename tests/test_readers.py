@@ -359,6 +359,20 @@ def test_implausible_rescale_slope_is_refused(tmp_path, slope):
         read_image(path)
 
 
+def test_series_with_rounded_orientation_reads_with_unit_cosines(tmp_path):
+    """Cosines written with few decimals are a little off unit length; the direction is
+    normalised instead of refused as scaled."""
+    import pydicom
+
+    write_dicom_series(tmp_path / "ct", hu_volume((3, 6, 8)))
+    for path in (tmp_path / "ct").iterdir():
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [1.0009, 0, 0, 0, 0.9991, 0]
+        ds.save_as(path)
+    _, geometry = read_image(tmp_path / "ct")
+    np.testing.assert_allclose(geometry.direction_matrix, np.eye(3), atol=1e-12)
+
+
 def test_series_with_non_perpendicular_orientation_is_refused(tmp_path):
     """Row and column cosines 63 degrees apart: no rotation can place such slices."""
     import pydicom

@@ -211,7 +211,9 @@ def _orientation(ds: Any) -> np.ndarray | None:
         and abs(float(row @ col)) < ORTHONORMAL_ATOL  # NaN fails every test
     ):
         return None
-    return np.stack([row, col, np.cross(row, col)], axis=1)
+    row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)  # decimal rounding
+    normal = np.cross(row, col)
+    return np.stack([row, col, normal / np.linalg.norm(normal)], axis=1)
 
 
 def _first(value: Any) -> Any:
