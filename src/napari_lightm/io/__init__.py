@@ -4,7 +4,7 @@
 generated sample images live in :mod:`napari_lightm.io.phantoms`.
 """
 
-from napari_lightm.io.geometry import Geometry, resample
+from napari_lightm.io.geometry import Geometry, GeometryError, resample
 from napari_lightm.io.readers import IMAGE_SUFFIXES, ImageReadError, can_read, read_image
 from napari_lightm.io.writers import LABEL_SUFFIXES, LabelWriteError, write_labels
 
@@ -12,6 +12,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "LABEL_SUFFIXES",
     "Geometry",
+    "GeometryError",
     "ImageReadError",
     "LabelWriteError",
     "can_read",
