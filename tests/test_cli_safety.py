@@ -303,3 +303,16 @@ def test_evaluate_takes_two_files_and_checks_grids_and_classes(tmp_path, capsys)
            "--classes", "background,organ"], capsys, "prediction has label 2")
     fails(["evaluate", tmp_path / "pred.nii.gz", tmp_path / "gt.nrrd", "--out", out,
            "--classes", "background"], capsys, "at least two distinct")
+
+
+def test_finetune_refuses_labels_on_another_grid_than_their_image(model_path, tmp_path, capsys):
+    geo = Geometry(spacing=(0.5, 0.5))
+    write_image(tmp_path / "images" / "x.mha", geometry=geo)
+    lab = np.zeros((32, 32), np.uint8)
+    lab[8:20, 8:20] = 1
+    write_labels(tmp_path / "labels" / "x.nrrd", lab, Geometry(spacing=(0.5, 0.5),
+                                                              direction=(1.0, 0, 0, -1.0)))
+    fails(["finetune", model_path, tmp_path / "images", tmp_path / "labels",
+           tmp_path / "v1.safetensors", "--steps", "1", "-q"], capsys,
+          "case x:", "different grids (direction")
+    assert not (tmp_path / "v1.safetensors").exists()

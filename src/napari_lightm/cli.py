@@ -365,7 +365,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_lightm.engine import FinetuneSample, Segmenter, finetune
-    from napari_lightm.engine.data import _stem, read_labels
+    from napari_lightm.engine.data import _stem, read_label_image
+    from napari_lightm.engine.metrics import check_same_grid
     from napari_lightm.io import read_image
 
     seg = Segmenter.load(args.model, device=args.device)
@@ -379,11 +380,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     samples = []
     for name in common:
         image, geometry = read_image(images[name])
-        lab = read_labels(labels[name])
+        lab, lab_geometry = read_label_image(labels[name])
+        check_same_grid(name, lab, lab_geometry, image, geometry, labels[name], images[name])
         if args.reviewed:
             if name not in reviewed:
                 raise CLIError(f"no reviewed mask for {name} in {args.reviewed}")
-            mask = read_labels(reviewed[name]) > 0
+            mask, mask_geometry = read_label_image(reviewed[name])
+            check_same_grid(name, mask, mask_geometry, image, geometry, reviewed[name],
+                            images[name])
+            mask = mask > 0
         else:  # no masks: every voxel counts, except the ignore label 255
             mask = lab != 255
         samples.append(FinetuneSample(image, np.where(mask, lab, 0), mask, geometry))
