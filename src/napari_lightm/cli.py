@@ -143,6 +143,30 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+class _FileSet:
+    """Files to protect, found by path (resolved, case folded) or by identity (hard links)."""
+
+    def __init__(self, paths: list[Path]):
+        self.by_key = {_key(p): p for p in paths}
+        self.by_inode = {}
+        for p in paths:
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            self.by_inode[(st.st_dev, st.st_ino)] = p
+
+    def find(self, path: Path) -> Path | None:
+        hit = self.by_key.get(_key(path))
+        if hit is None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            hit = self.by_inode.get((st.st_dev, st.st_ino))
+        return hit
+
+
 def _data_files(path: Path) -> list[Path]:
     """The detached data file a header names (MetaImage ``ElementDataFile``, NRRD
     ``data file``), which a write of that header's name would replace too."""
@@ -182,7 +206,7 @@ def check_outputs(jobs: list[tuple[Path, Path]], inputs: list[Path]) -> None:
     from napari_lightm.io import LABEL_SUFFIXES
     from napari_lightm.io.readers import suffix_of
 
-    protected = [*inputs, *(d for p in inputs for d in _data_files(p))]
+    protected = _FileSet([*inputs, *(d for p in inputs for d in _data_files(p))])
     seen: dict[str, Path] = {}
     for src, out in jobs:
         if suffix_of(out) not in LABEL_SUFFIXES:
@@ -193,7 +217,7 @@ def check_outputs(jobs: list[tuple[Path, Path]], inputs: list[Path]) -> None:
         if out.is_dir():
             raise CLIError(f"output {out} is a folder; name a file or use --suffix")
         for written in _written_files(out):
-            hit = next((p for p in protected if _same_file(written, p)), None)
+            hit = protected.find(written)
             if hit is not None:
                 raise CLIError(
                     f"{written} would overwrite the input {hit}; write the labels elsewhere "

@@ -213,9 +213,17 @@ def _parse_object(text: str, file: Path, what: str) -> dict[str, Any]:
     return value
 
 
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr`` on one line, cut to ``limit`` characters (tampered values may be huge)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_version(version: Any, current: int, file: Path, what: str) -> None:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{file}: {what} version {version!r} is not a positive integer")
+        raise CheckpointError(
+            f"{file}: {what} version {short_repr(version)} is not a positive integer"
+        )
     if version > current:
         raise CheckpointError(
             f"{file} was written by a newer napari-lightm ({what} version "
@@ -265,4 +273,5 @@ __all__ = [
     "remove_stale_temporaries",
     "save_checkpoint",
     "save_train_state",
+    "short_repr",
 ]

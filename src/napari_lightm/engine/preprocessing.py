@@ -71,7 +71,7 @@ class Preprocessing:
     def __post_init__(self) -> None:
         self.modality = normalize_modality(self.modality)
         if isinstance(self.in_channels, bool) or not isinstance(self.in_channels, int):
-            raise ValueError(f"in_channels must be an integer, got {self.in_channels!r}")
+            raise ValueError(f"in_channels must be an integer, got {_short(self.in_channels)}")
         if self.in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
         if self.spacing is not None:
@@ -97,13 +97,15 @@ class Preprocessing:
         for name, values in stats.items():
             if not isinstance(values, (list, tuple)) or len(values) != self.in_channels:
                 raise ValueError(
-                    f"CT statistic {name} needs {self.in_channels} value(s), got {values!r}"
+                    f"CT statistic {name} needs {self.in_channels} value(s), got {_short(values)}"
                 )
             if not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
                 for v in values
             ):
-                raise ValueError(f"CT statistic {name} must be finite numbers, got {values!r}")
+                raise ValueError(
+                    f"CT statistic {name} must be finite numbers, got {_short(values)}"
+                )
             stats[name] = [float(v) for v in values]
         self.clip_low, self.clip_high = stats["clip_low"], stats["clip_high"]
         self.mean, self.std = stats["mean"], stats["std"]
@@ -221,6 +223,12 @@ class Preprocessing:
         return cls(**{k: d[k] for k in keys if k in d})
 
 
+def _short(value: Any) -> str:
+    """``repr`` on one line of at most 60 characters (values from a file may be huge)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def robust_range(x: np.ndarray) -> tuple[float, float]:
     """The :data:`ZSCORE_PERCENTILES` of ``x`` (flat, finite), float64; from a fixed random
     sample of :data:`MAX_STAT_VOXELS` voxels for large images."""
@@ -276,11 +284,13 @@ def clipped_mean_std(
 
 def normalize_modality(modality: str) -> str:
     """``"ct"`` -> ``"CT"``, ``"MRI"`` -> ``"MR"``, ``"CR"/"DX"/"X-ray"`` -> ``"XR"``."""
-    m = str(modality).strip().upper().replace("-", "")
+    m = str(modality)[:40].strip().upper().replace("-", "")
     aliases = {"MRI": "MR", "CR": "XR", "DX": "XR", "XRAY": "XR", "DR": "XR"}
     m = aliases.get(m, m)
     if m not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; choose from {', '.join(MODALITIES)}")
+        raise ValueError(
+            f"unknown modality {_short(modality)}; choose from {', '.join(MODALITIES)}"
+        )
     return m
 
 

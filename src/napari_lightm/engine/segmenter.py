@@ -26,7 +26,12 @@ from typing import Any
 import numpy as np
 
 from napari_lightm.engine.callbacks import CancelToken, Progress, ProgressCallback
-from napari_lightm.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_lightm.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    short_repr,
+)
 from napari_lightm.engine.preprocessing import (
     MAX_SPACING,
     MIN_SPACING,
@@ -603,16 +608,17 @@ def checked_metadata(meta: Any, file: Any = "checkpoint") -> tuple[dict, list[st
     def fail(what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {file} has unusable metadata: {what}")
 
+
     def integer(value: Any, name: str, lo: int, hi: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise fail(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+            raise fail(f"{name} must be an integer in {lo}..{hi}, got {short_repr(value)}")
         return value
 
     def int_list(value: Any, name: str, lo: int, hi: int, length: range) -> list[int]:
         if not isinstance(value, list) or len(value) not in length:
             raise fail(
                 f"{name} must be a list of {length.start}..{length.stop - 1} integers, "
-                f"got {value!r}"
+                f"got {short_repr(value)}"
             )
         return [integer(v, name, lo, hi) for v in value]
 
@@ -620,14 +626,14 @@ def checked_metadata(meta: Any, file: Any = "checkpoint") -> tuple[dict, list[st
         raise fail(f"expected a JSON object, got {type(meta).__name__}")
     for key in ("architecture", "class_names", "preprocessing", "patch_size"):
         if key not in meta:
-            raise fail(f"{key!r} is missing")
+            raise fail(f"'{key}' is missing")
     arch = meta["architecture"]
     if not isinstance(arch, dict):
         raise fail(f"'architecture' must be an object, got {type(arch).__name__}")
     for key in ("spatial_dims", "in_channels", "out_channels", "init_filters", "blocks_down",
                 "blocks_up"):
         if key not in arch:
-            raise fail(f"architecture {key!r} is missing")
+            raise fail(f"architecture '{key}' is missing")
     dims = integer(arch["spatial_dims"], "spatial_dims", 2, 3)
     filters = integer(arch["init_filters"], "init_filters", 8, MAX_INIT_FILTERS)
     if filters % 8:
@@ -644,7 +650,7 @@ def checked_metadata(meta: Any, file: Any = "checkpoint") -> tuple[dict, list[st
     }
     names = meta["class_names"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise fail(f"class_names must be a list of names, got {names!r}"[:200])
+        raise fail(f"class_names must be a list of names, got {short_repr(names)}")
     if len(names) != kwargs["out_channels"] or len(set(names)) != len(names):
         raise fail(
             f"{len(names)} class names ({len(set(names))} distinct) for a model with "
@@ -674,11 +680,12 @@ def checked_metadata(meta: Any, file: Any = "checkpoint") -> tuple[dict, list[st
             )
         ):
             raise fail(
-                f"{key} must be {dims} numbers in {MIN_SPACING}..{MAX_SPACING} mm, got {value!r}"
+                f"{key} must be {dims} numbers in {MIN_SPACING}..{MAX_SPACING} mm, "
+                f"got {short_repr(value)}"
             )
     if pre.get("in_channels", 1) != kwargs["in_channels"]:
         raise fail(
-            f"preprocessing has {pre.get('in_channels')!r} input channels, the model "
+            f"preprocessing has {short_repr(pre.get('in_channels'))} input channels, the model "
             f"{kwargs['in_channels']}"
         )
     version = meta.get("version", 0)

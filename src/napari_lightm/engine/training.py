@@ -42,6 +42,7 @@ from napari_lightm.engine.checkpoint import (
     check_finite,
     load_train_state,
     save_train_state,
+    short_repr,
 )
 from napari_lightm.engine.data import (
     Augmentation,
@@ -531,13 +532,13 @@ def restore_train_state(
     tensors, info = state
     if info.get("class_names") != list(names) or info.get("spatial_dims") != dims:
         raise CheckpointError(
-            f"{path} belongs to another run "
-            f"({info.get('spatial_dims')}D, classes {info.get('class_names')})"
+            f"{path} belongs to another run ({short_repr(info.get('spatial_dims'))}D, "
+            f"classes {short_repr(info.get('class_names'))})"
         )
     try:
         step = info["step"]
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step {step!r} is not a count")
+            raise ValueError(f"step {short_repr(step)} is not a count")
         model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         check_finite(model_state, path)
         seg.model.load_state_dict(model_state, strict=True)
