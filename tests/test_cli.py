@@ -178,7 +178,7 @@ def test_bench_prints_a_timing(capsys):
         (["predict", "{missing}", "{tmp}", "{tmp}"], "checkpoint not found"),
         (["predict", "{model}", "{bad_image}", "{tmp}/o.nii.gz"], "bad.nii.gz"),
         (["train", "{missing}", "{tmp}"], "dataset folder not found"),
-        (["evaluate", "{missing}", "{tmp}"], "folder not found"),
+        (["evaluate", "{missing}", "{tmp}"], "not found: "),
         (["bench", "--shape", "8,8,8,8"], "2 or 3 sizes"),
         (["predict", "{model}", "{tmp}", "{tmp}", "--device", "cuda:7"], "device"),
     ],

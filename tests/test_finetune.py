@@ -78,6 +78,21 @@ def test_time_budget_stops_the_run(ct_sample):
             "no reviewed voxels",
         ),
         (lambda s: FinetuneSample(s.image, s.labels + 3, s.reviewed, s.geometry), "label value"),
+        (  # int8 -1 used to become the ignore label 255 silently
+            lambda s: FinetuneSample(s.image, s.labels.astype(np.int8) - 1, s.reviewed,
+                                     s.geometry),
+            "negative label value -1",
+        ),
+        (  # int16 -2 used to end in an IndexError
+            lambda s: FinetuneSample(s.image, s.labels.astype(np.int16) - 2, s.reviewed,
+                                     s.geometry),
+            "negative label value -2",
+        ),
+        (
+            lambda s: FinetuneSample(s.image, s.labels.astype(np.float32), s.reviewed,
+                                     s.geometry),
+            "labels must be integers",
+        ),
         (
             lambda s: FinetuneSample(s.image, s.labels[:4], s.reviewed[:4], s.geometry),
             "same spatial shape",

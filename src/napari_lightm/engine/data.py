@@ -181,14 +181,19 @@ def modality_from(meta: dict[str, Any], geometry: Any) -> str:
 
 def read_labels(path: Path) -> np.ndarray:
     """A label file as integer array (rounded; negative or > 255 values are an error)."""
+    return read_label_image(path)[0]
+
+
+def read_label_image(path: Path) -> tuple[np.ndarray, Any]:
+    """:func:`read_labels` with the file's :class:`~napari_lightm.io.Geometry`."""
     from napari_lightm.io import read_image
 
-    array, _ = read_image(path)
+    array, geometry = read_image(path)
     if array.dtype.kind == "f":
         array = np.rint(array)
     if array.min() < 0 or array.max() > 255:
         raise DatasetError(f"{path}: label values must be 0..255, got {array.min()}..{array.max()}")
-    return array.astype(np.uint8)
+    return array.astype(np.uint8), geometry
 
 
 def load_dataset(root: str | Path, modality: str | None = None) -> Dataset:
