@@ -24,20 +24,22 @@ def films(jsrt, tmp_path_factory):
     return folder, lung
 
 
-def test_lungs_of_a_2048_png_and_the_same_film_at_256(films):
+def test_lightm_predict_by_name_on_a_2048_png_and_the_same_film_at_256(films, capsys):
+    from napari_lightm.cli import main
     from napari_lightm.engine.metrics import dice_iou
-    from napari_lightm.engine.zoo import load_model
     from napari_lightm.io import read_image
 
     folder, lung = films
-    seg = load_model("cxr-lungs", device="cpu")
-    big, geometry = read_image(folder / "big.png")
-    assert geometry.units == "pixel"  # a PNG says nothing about its scale
-    labels_big = seg.predict(big, geometry)
+    for name in ("big", "small"):
+        argv = ["predict", "--model", "cxr-lungs", str(folder / f"{name}.png"),
+                str(folder / f"{name}_labels.png"), "--device", "cpu", "-q"]
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "estimated 0.175 mm" in out and "estimated 1.4 mm" in out  # said, not silent
+    labels_big = read_image(folder / "big_labels.png")[0]
+    labels_small = read_image(folder / "small_labels.png")[0]
     truth = np.kron(lung, np.ones((8, 8), np.uint8))
-    for k in (1, 2):
+    for k in (1, 2):  # right and left lung, on their sides
         assert dice_iou(labels_big, truth, k)[0] >= 0.95
-    small, geometry_small = read_image(folder / "small.png")
-    labels_small = seg.predict(small, geometry_small)
     disagree = np.mean(labels_big[4::8, 4::8] != labels_small)
     assert disagree < 0.01

@@ -167,3 +167,17 @@ def test_pictures_without_geometry_are_compared_by_shape(tmp_path):
     write_labels(tmp_path / "gt" / "c0.png", gt[:, :15])
     with pytest.raises(EvaluationError, match="shape"):
         evaluate_folders(tmp_path / "pred", tmp_path / "gt", ["background", "sq"])
+
+
+def test_hd95_prints_no_library_warnings():
+    import warnings
+
+    from napari_lightm.engine.metrics import hd95
+
+    gt = np.zeros((20, 20), np.uint8)
+    gt[5:15, 5:15] = 1
+    pred = np.roll(gt, 2, axis=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert hd95(pred, gt, 1, spacing=(1.0, 1.0)) == pytest.approx(2.0)
+    assert not caught, [str(w.message) for w in caught]

@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,12 @@ def hd95(pred: np.ndarray, gt: np.ndarray, k: int, spacing: Sequence[float] | No
     p_t = torch.from_numpy(p)[None, None]
     g_t = torch.from_numpy(g)[None, None]
     sp = None if spacing is None else [float(s) for s in spacing]
-    d = compute_hausdorff_distance(p_t, g_t, include_background=True, percentile=95, spacing=sp)
+    with warnings.catch_warnings():
+        # MONAI >= 1.5 warns about an argument its own helper passes to itself
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
+        d = compute_hausdorff_distance(
+            p_t, g_t, include_background=True, percentile=95, spacing=sp
+        )
     return float(d.reshape(-1)[0])
 
 
@@ -181,14 +187,14 @@ def summarize(
 def label_pairs(pred: str | Path, gt: str | Path) -> list[tuple[str, Path, Path]]:
     """``[(case, prediction file, ground-truth file)]`` for two folders (matched by file
     name, suffixes may differ) or two files; raises :class:`EvaluationError`."""
-    from napari_lightm.engine.data import _files, _stem
+    from napari_lightm.engine.data import data_files, file_stem
 
     pred, gt = Path(pred), Path(gt)
     for p in (pred, gt):
         if not p.exists():
             raise EvaluationError(f"not found: {p}")
     if pred.is_file() and gt.is_file():
-        return [(_stem(gt), pred, gt)]
+        return [(file_stem(gt), pred, gt)]
     if not (pred.is_dir() and gt.is_dir()):
         kind = {True: "a folder", False: "a file"}
         raise EvaluationError(
@@ -198,13 +204,13 @@ def label_pairs(pred: str | Path, gt: str | Path) -> list[tuple[str, Path, Path]
     by_case = []
     for folder in (pred, gt):
         cases: dict[str, Path] = {}
-        for f in _files(folder):
-            if _stem(f) in cases:
+        for f in data_files(folder):
+            if file_stem(f) in cases:
                 raise EvaluationError(
-                    f"{folder} holds two files for case {_stem(f)}: "
-                    f"{cases[_stem(f)].name} and {f.name}"
+                    f"{folder} holds two files for case {file_stem(f)}: "
+                    f"{cases[file_stem(f)].name} and {f.name}"
                 )
-            cases[_stem(f)] = f
+            cases[file_stem(f)] = f
         by_case.append(cases)
     common = sorted(set(by_case[0]) & set(by_case[1]))
     if not common:
@@ -229,7 +235,7 @@ def evaluate_folders(
     the ground truth file's geometry. Every pair is read and checked (same grid, labels
     within the classes) before anything is scored or written.
     """
-    from napari_lightm.engine.data import _files, _stem, read_label_image
+    from napari_lightm.engine.data import data_files, file_stem, read_label_image
 
     pairs = []
     for case, pred_path, gt_path in label_pairs(pred_dir, gt_dir):
@@ -253,7 +259,7 @@ def evaluate_folders(
     if Path(pred_dir).is_dir():
         cases = {c for c, *_ in pairs}
         for key, folder in (("pred", pred_dir), ("gt", gt_dir)):
-            unmatched[key] = sorted({_stem(f) for f in _files(Path(folder))} - cases)
+            unmatched[key] = sorted({file_stem(f) for f in data_files(Path(folder))} - cases)
     result = {
         "class_names": class_names,
         "cases": rows,
