@@ -364,3 +364,64 @@ def test_overlapping_segments_of_other_tools_read_with_a_warning(oblique_series,
     back = read_dicom_seg(tmp_path / "overlap.dcm", geometry)
     assert back.labels[3, 8, 8] == 2 and back.labels[2, 5, 5] == 1
     assert any("overlap" in w for w in back.geometry.extra["warnings"])
+
+
+# --- lightm predict ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ct_model(tmp_path_factory) -> Path:
+    import torch
+
+    from napari_lightm.engine import Segmenter
+
+    torch.manual_seed(0)
+    seg = Segmenter.new(3, CLASSES, "CT", init_filters=8, patch_size=(8, 32, 32), device="cpu")
+    return seg.save(tmp_path_factory.mktemp("model") / "ct.safetensors")
+
+
+def test_predict_plans_one_dicom_seg_for_a_series_of_dcm_files(oblique_series, tmp_path):
+    """A folder of ``.dcm`` slices is one series (one output), not a folder of images."""
+    from napari_lightm.cli.predict import plan_predict
+
+    folder, _, _, files = oblique_series
+    jobs, inputs = plan_predict(folder, tmp_path / "out.dcm", None)
+    assert jobs == [(folder, tmp_path / "out.dcm")]
+    assert sorted(inputs) == sorted(files)
+    jobs, _ = plan_predict(folder, tmp_path, ".dcm")
+    assert jobs == [(folder, tmp_path / "ct.dcm")]
+    jobs, _ = plan_predict(folder, tmp_path, None)  # DICOM-SEG only when asked
+    assert jobs == [(folder, tmp_path / "ct.nii.gz")]
+
+
+@pytest.mark.slow
+def test_predict_writes_a_dicom_seg_of_a_series_folder(ct_model, oblique_series, tmp_path):
+    import highdicom as hd
+
+    from napari_lightm.cli import main
+
+    folder, _, geometry, _ = oblique_series
+    options = ["-q", "--device", "cpu"]
+    assert (
+        main(["predict", str(ct_model), str(folder), str(tmp_path), "--suffix", ".dcm", *options])
+        == 0
+    )
+    assert main(["predict", str(ct_model), str(folder), str(tmp_path / "ct.nii.gz"), *options]) == 0
+    seg = hd.seg.segread(tmp_path / "ct.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == CLASSES[1:]  # the model's classes
+    reference, _ = read_image(tmp_path / "ct.nii.gz")
+    np.testing.assert_array_equal(read_dicom_seg(tmp_path / "ct.dcm", geometry).labels, reference)
+
+
+def test_predict_refuses_dicom_seg_of_a_non_dicom_image_before_running(ct_model, tmp_path, capsys):
+    import SimpleITK as sitk
+
+    from napari_lightm.cli import EXIT_BAD_INPUT, main
+
+    nifti = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(SHAPE, np.int16)), str(nifti))
+    code = main(["predict", str(ct_model), str(nifti), str(tmp_path / "out.dcm"), "-q"])
+    assert code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "not a DICOM image or series; use .nii.gz" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.dcm").exists()
