@@ -425,3 +425,87 @@ def test_predict_refuses_dicom_seg_of_a_non_dicom_image_before_running(ct_model,
     err = capsys.readouterr().err
     assert "not a DICOM image or series; use .nii.gz" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out.dcm").exists()
+
+
+# --- napari --------------------------------------------------------------------------------
+
+PLUGIN = "napari-lightm"
+
+
+@pytest.fixture
+def plugin_manager():
+    import npe2
+
+    manager = npe2.PluginManager.instance()
+    if PLUGIN not in manager:
+        manager.discover(include_npe1=False)
+    return manager
+
+
+def test_napari_saves_and_opens_a_dicom_seg(plugin_manager, oblique_series, tmp_path):
+    """Save a Labels layer through the plugin's writer, open the file again: the series,
+    found beside it, gives the grid; names and colours come back."""
+    import napari
+    from napari.components import ViewerModel
+    from napari.layers import Labels
+
+    from napari_lightm._napari.annotation import MARKED_KEY
+
+    folder, image, geometry, _ = oblique_series
+    viewer = ViewerModel()
+    (image_layer,) = viewer.open(str(folder), plugin=PLUGIN)
+    metadata = {**image_layer.metadata, "class_names": CLASSES}
+    layer = viewer.add_labels(phantom_labels(), affine=image_layer.affine, metadata=metadata)
+    layer.metadata[MARKED_KEY] = phantom_labels() == 3  # the user painted the lung
+    (written,) = napari.save_layers(str(tmp_path / "seg.dcm"), [layer], plugin=PLUGIN)
+    (opened,) = ViewerModel().open(written, plugin=PLUGIN)
+    assert isinstance(opened, Labels)
+    np.testing.assert_array_equal(opened.data, layer.data)
+    np.testing.assert_allclose(opened.affine.affine_matrix, image_layer.affine.affine_matrix)
+    assert opened.metadata["class_names"] == CLASSES
+    assert Geometry.from_dict(opened.metadata["geometry"]).allclose(geometry, atol=1e-9)
+    shown = opened.colormap.map(np.array([1, 2, 3], np.uint8))
+    np.testing.assert_allclose(shown, layer.colormap.map(np.array([1, 2, 3], np.uint8)), atol=0.01)
+    import highdicom as hd
+
+    assert hd.seg.segread(written).SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+
+
+def test_napari_explains_a_seg_whose_series_is_nowhere(plugin_manager, oblique_series, tmp_path):
+    from napari.components import ViewerModel
+
+    _, _, geometry, _ = oblique_series
+    away = tmp_path / "a" / "b" / "c"
+    path = write_labels(away / "seg.dcm", phantom_labels(), geometry, class_names=CLASSES)
+    with pytest.raises(Exception, match="open that series first"):
+        ViewerModel().open(str(path), plugin=PLUGIN)
+
+
+def test_napari_refuses_dicom_seg_of_a_nifti_layer(tmp_path):
+    from napari.layers import Labels
+
+    from napari_lightm._napari._writer import write_labels as napari_write
+
+    layer = Labels(np.zeros((4, 5, 6), np.uint8), scale=(2.0, 1.0, 1.0))
+    with pytest.raises(LabelWriteError, match=r"did not come from a DICOM series.*\.nii\.gz"):
+        napari_write(str(tmp_path / "seg.dcm"), layer.data, layer._get_state())
+
+
+@pytest.mark.gui
+@pytest.mark.slow  # the first Qt viewer of a process takes seconds
+def test_seg_opens_onto_the_open_image_and_links_to_it(
+    oblique_series, tmp_path, make_napari_viewer_proxy
+):
+    """The series is open in napari and the SEG lies elsewhere: the open image gives the
+    grid and the labels link to it by name (the widget adopts them)."""
+    from napari_lightm._napari.annotation import IMAGE_KEY
+
+    folder, _, geometry, _ = oblique_series
+    path = write_labels(
+        tmp_path / "x" / "y" / "z" / "seg.dcm", phantom_labels(), geometry, class_names=CLASSES
+    )
+    viewer = make_napari_viewer_proxy(show=False)
+    (image_layer,) = viewer.open(str(folder), plugin=PLUGIN)
+    (labels_layer,) = viewer.open(str(path), plugin=PLUGIN)
+    np.testing.assert_array_equal(labels_layer.data, phantom_labels())
+    assert labels_layer.metadata[IMAGE_KEY] == image_layer.name
