@@ -17,13 +17,65 @@ from napari_lightm.cli._common import (
 
 
 def _labels_name(src: Path, suffix: str | None) -> str:
+    """Output name of ``src``'s labels: its stem with ``suffix``, else the input's own
+    suffix where labels can have it, else ``.nii.gz``. A DICOM input gets DICOM-SEG only
+    when asked (``--suffix .dcm`` or an output file ending in ``.dcm``)."""
     from napari_lightm.engine.data import file_stem
     from napari_lightm.io import LABEL_SUFFIXES
 
     if suffix is None:
         name = src.name.lower()
-        suffix = next((s for s in LABEL_SUFFIXES if name.endswith(s)), ".nii.gz")
+        suffix = next(
+            (s for s in LABEL_SUFFIXES if s != ".dcm" and name.endswith(s)), ".nii.gz"
+        )
     return file_stem(src) + suffix
+
+
+def _is_series_folder(images: list[Path]) -> bool:
+    """True when ``images`` (a folder's image files) are DICOM slices of which at least
+    two share a series: the folder is then read as one series, not image by image."""
+    import pydicom
+
+    from napari_lightm.io.readers import DICOM_SUFFIXES, suffix_of
+
+    if not images or any(suffix_of(p) not in DICOM_SUFFIXES for p in images):
+        return False
+    seen: set[str] = set()
+    for p in images:
+        try:
+            ds = pydicom.dcmread(
+                str(p), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]
+            )
+        except Exception:  # damaged files are reported when read
+            continue
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        if uid and uid in seen:
+            return True
+        seen.add(uid)
+    return False
+
+
+def _is_dicom(src: Path) -> bool:
+    from napari_lightm.io.readers import DICOM_SUFFIXES, is_dicom_file, suffix_of
+
+    if src.is_dir():
+        from napari_lightm.io._dicom import find_dicom_files
+
+        return bool(find_dicom_files(src, limit=1))
+    return suffix_of(src) in DICOM_SUFFIXES or is_dicom_file(src)
+
+
+def _check_dicom_seg_inputs(jobs: list[tuple[Path, Path]]) -> None:
+    """DICOM-SEG references the DICOM instances it segments: refuse (before any work)
+    a ``.dcm`` output for an input that is not DICOM."""
+    from napari_lightm.io.readers import suffix_of
+
+    for src, out in jobs:
+        if suffix_of(out) == ".dcm" and not _is_dicom(src):
+            raise CLIError(
+                f"cannot write {out.name} as DICOM-SEG: {src} is not a DICOM image or "
+                "series; use .nii.gz, .nrrd or .mha instead"
+            )
 
 
 def plan_predict(
@@ -36,7 +88,7 @@ def plan_predict(
     if suffix is not None and not suffix.startswith("."):
         suffix = "." + suffix
     images = image_files(src) if src.is_dir() else []
-    if images:  # a folder of images
+    if images and not _is_series_folder(images):  # a folder of images
         if dst.exists() and not dst.is_dir():
             raise CLIError(f"output {dst} must be a folder for a folder of images")
         jobs = [(f, dst / _labels_name(f, suffix)) for f in images]
@@ -45,6 +97,7 @@ def plan_predict(
         jobs = [(src, dst / _labels_name(src, suffix) if dst.is_dir() else dst)]
         inputs = [p for p in src.rglob("*") if p.is_file()] if src.is_dir() else [src]
     check_outputs(jobs, inputs)
+    _check_dicom_seg_inputs(jobs)
     return jobs, inputs
 
 
@@ -83,7 +136,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         labels = seg.predict(image, geometry, overlap=args.overlap, tta=args.tta, progress=bar)
         try:
-            write_labels(out_path, labels, geometry)
+            write_labels(out_path, labels, geometry, class_names=seg.class_names)
         except OSError as err:
             raise CLIError(f"cannot write {out_path}: {err.strerror or err}") from None
         print(
@@ -118,8 +171,8 @@ def add_parser(sub, common) -> None:
     p.add_argument(
         "--suffix",
         default=None,
-        help="output suffix (.nii.gz, .nrrd, .mha, .png); default: the input's where possible, "
-        "else .nii.gz",
+        help="output suffix (.nii.gz, .nrrd, .mha, .png, or .dcm: DICOM-SEG of a DICOM input, "
+        "one segment per class); default: the input's where possible, else .nii.gz",
     )
     p.add_argument(
         "--overlap", type=overlap_fraction, default=0.5, help="sliding-window overlap, in [0, 1)"

@@ -1,8 +1,9 @@
 """Write label arrays with the exact geometry of their source image.
 
 :func:`write_labels` picks the format from the suffix: NIfTI (``.nii``, ``.nii.gz``),
-NRRD (``.nrrd``), MetaImage (``.mha``, or ``.mhd`` + ``.raw``) or PNG (2D only; PNG
-has no header for spacing or orientation, so only the values survive). Labels are
+NRRD (``.nrrd``), MetaImage (``.mha``, or ``.mhd`` + ``.raw``), PNG (2D only; PNG
+has no header for spacing or orientation, so only the values survive) or DICOM-SEG
+(``.dcm``, labels of a DICOM image only: :mod:`napari_lightm.io.dicom_seg`). Labels are
 stored as ``uint8`` (``uint16`` beyond 255); the header takes spacing, origin and
 direction from the source image's :class:`Geometry` unchanged, so the labels open
 aligned with the image in 3D Slicer or ITK-SNAP.
@@ -26,7 +27,7 @@ import secrets
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from napari_lightm.io.readers import (
     suffix_of,
 )
 
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png")
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".dcm")
 
 # tolerances of the read-back check: NIfTI keeps spacing and origin as float32 and the
 # direction as a float32 quaternion; anything larger is a damaged header
@@ -80,6 +81,10 @@ def write_labels(
     path: str | os.PathLike,
     labels: np.ndarray,
     geometry: Geometry | dict[str, Any] | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    colours: Sequence[Any] | Mapping[int, Any] | None = None,
+    algorithm_type: str = "AUTOMATIC",
 ) -> Path:
     """Write ``labels`` (array order, ``(z, y, x)`` / ``(y, x)``) to ``path``.
 
@@ -88,6 +93,10 @@ def write_labels(
         labels: integer class indices, same shape as the source image.
         geometry: the source image's :class:`Geometry` (or its ``to_dict()``); ``None``
             writes an identity grid with 1 mm voxels.
+        class_names, colours, algorithm_type: the segments of a DICOM-SEG (``.dcm``;
+            see :func:`~napari_lightm.io.dicom_seg.write_dicom_seg`: class names by
+            index, 0 the background; default "class 1", "class 2", ...); other formats
+            have no place for them.
 
     Returns:
         the path written.
@@ -107,6 +116,12 @@ def write_labels(
         raise LabelWriteError(
             f"{path}: cannot write labels as {suffix or '(no suffix)'}; use one of "
             + ", ".join(LABEL_SUFFIXES)
+        )
+    if suffix == ".dcm":
+        from napari_lightm.io.dicom_seg import write_dicom_seg
+
+        return write_dicom_seg(
+            path, labels, geometry, class_names, colours, algorithm_type=algorithm_type
         )
     labels = np.asarray(labels)
     try:
