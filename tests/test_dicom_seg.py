@@ -509,3 +509,20 @@ def test_seg_opens_onto_the_open_image_and_links_to_it(
     (labels_layer,) = viewer.open(str(path), plugin=PLUGIN)
     np.testing.assert_array_equal(labels_layer.data, phantom_labels())
     assert labels_layer.metadata[IMAGE_KEY] == image_layer.name
+
+
+def test_a_seg_is_not_read_as_an_image_nor_as_a_second_series(tmp_path):
+    """A SEG saved into its series' folder leaves the folder one series; read alone it is
+    refused as an image with a message saying what it is."""
+    from napari_lightm.io import ImageReadError, write_labels
+
+    folder = tmp_path / "ct"
+    write_ct_series(folder, np.random.default_rng(2).integers(-1000, 1000, SHAPE))
+    image, geometry = read_image(folder)
+    seg_path = write_labels(folder / "labels.dcm", phantom_labels(), geometry,
+                            class_names=["background", "liver", "spine", "left lung"])
+    again, geometry2 = read_image(folder)
+    np.testing.assert_array_equal(again, image)
+    assert not any("series" in w for w in geometry2.extra.get("warnings", []))
+    with pytest.raises(ImageReadError, match="DICOM-SEG holds labels"):
+        read_image(seg_path)

@@ -277,6 +277,14 @@ def _corrupt_header(where: Path, err: Exception) -> ImageReadError:
     return ImageReadError(f"{where}: corrupt DICOM header ({type(err).__name__}: {_one_line(err)})")
 
 
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def is_segmentation(ds: Any) -> bool:
+    """True for a DICOM Segmentation object (labels, not an image)."""
+    return str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE or ds.get("Modality") == "SEG"
+
+
 def read_dicom_file(path: Path) -> tuple[np.ndarray, Geometry]:
     """:func:`_read_dicom_file`, with any damaged header value refused as such."""
     try:
@@ -296,6 +304,11 @@ def _read_dicom_file(path: Path) -> tuple[np.ndarray, Geometry]:
     axial slices. The full 3D position is kept in ``extra`` for any slice.
     """
     ds = _dcmread(path)
+    if is_segmentation(ds):
+        raise ImageReadError(
+            f"{path}: a DICOM-SEG holds labels, not an image; open it in napari with its "
+            "series, or read it with napari_lightm.io.read_dicom_seg"
+        )
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         sop = ds.get("SOPClassUID")
         raise ImageReadError(
@@ -449,7 +462,7 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
         except ImageReadError:
             unreadable += 1
             continue
-        if "Rows" not in ds:  # reports, RT plans, presentation states
+        if "Rows" not in ds or is_segmentation(ds):  # reports, RT plans, labels (SEG)
             continue
         series[str(ds.get("SeriesInstanceUID", "no series UID"))].append((path, ds))
     if not series:
