@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import pytest
 import torch
 
@@ -9,6 +12,7 @@ from napari_lightm.model.scan import (
     BACKENDS,
     ENV_VAR,
     available_backends,
+    is_available,
     resolve_backend,
     selective_scan,
     selective_scan_reference,
@@ -204,3 +208,32 @@ def test_unknown_backend_is_a_clear_error(name, monkeypatch):
 def test_gpu_only_backend_refused_on_cpu(name):
     with pytest.raises(ValueError, match="does not run on cpu"):
         resolve_backend("cpu", name)
+
+
+@pytest.fixture
+def fresh_availability():
+    """``is_available`` answers afresh during the test and after it (it caches per name)."""
+    is_available.cache_clear()
+    yield
+    is_available.cache_clear()
+
+
+@pytest.mark.parametrize(("name", "package"),
+                         [("cpu", "numba"), ("triton", "triton"), ("mamba_ssm", "mamba_ssm")])
+def test_backend_whose_package_does_not_import_is_unavailable(name, package, monkeypatch,
+                                                              fresh_availability):
+    """Availability probes the package a backend runs on, not only our wrapper module,
+    which may import without it (or be imported already)."""
+    if name == "triton" and importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed")
+    if name != "mamba_ssm":
+        BACKENDS[name].load()  # our wrapper module is imported already
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # CUDA backends are probed
+    for module in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setitem(sys.modules, package, None)  # `import package` raises ImportError
+    assert not is_available(name)
+    device = BACKENDS[name].devices[0]
+    assert name not in available_backends(device)
+    with pytest.raises(ValueError, match="not available"):
+        resolve_backend(device, name)

@@ -38,6 +38,7 @@ class Backend:
     module: str  # imported lazily: numba / triton / mamba_ssm are optional
     function: str
     devices: tuple[str, ...]  # device types it runs on
+    requires: str | None = None  # the third-party module it runs on; probed by is_available
 
     def load(self) -> Callable:
         return getattr(importlib.import_module(self.module), self.function)
@@ -48,13 +49,14 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend("reference", "napari_lightm.model.scan.reference", "selective_scan_reference",
                 ("cpu", "cuda", "mps")),
-        Backend("cpu", "napari_lightm.model.scan.cpu_numba", "selective_scan_cpu", ("cpu",)),
+        Backend("cpu", "napari_lightm.model.scan.cpu_numba", "selective_scan_cpu", ("cpu",),
+                "numba"),
         Backend("torch", "napari_lightm.model.scan.torch_chunked", "selective_scan_torch",
                 ("cpu", "cuda", "mps")),
         Backend("triton", "napari_lightm.model.scan.triton_scan", "selective_scan_triton",
-                ("cuda",)),
+                ("cuda",), "triton"),
         Backend("mamba_ssm", "napari_lightm.model.scan.mamba_ssm_backend",
-                "selective_scan_mamba_ssm", ("cuda",)),
+                "selective_scan_mamba_ssm", ("cuda",), "mamba_ssm.ops.selective_scan_interface"),
     )
 }
 
@@ -68,11 +70,18 @@ PREFERENCE: dict[str, tuple[str, ...]] = {
 
 @cache
 def is_available(name: str) -> bool:
-    """True when backend ``name`` imports on this machine (CUDA ones also need a GPU)."""
+    """True when backend ``name`` and the package it runs on import on this machine (CUDA
+    ones also need a GPU).
+
+    The package is imported itself: our wrapper modules may import without it (mamba-ssm's
+    is imported only when the scan runs).
+    """
     backend = BACKENDS[name]
     if "cpu" not in backend.devices and not torch.cuda.is_available():
         return False
     try:
+        if backend.requires is not None:
+            importlib.import_module(backend.requires)
         backend.load()
     except Exception:  # ImportError, or mamba_ssm's failing CUDA extension
         return False
