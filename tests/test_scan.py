@@ -11,6 +11,7 @@ import torch
 from napari_lightm.model.scan import (
     BACKENDS,
     ENV_VAR,
+    ScanArgs,
     available_backends,
     is_available,
     resolve_backend,
@@ -110,7 +111,7 @@ def test_optional_arguments_absent(backend):
     x = scan_inputs("random")
     u, delta, A, B, C = (x[k] for k in ("u", "delta", "A", "B", "C"))
     delta = delta.abs() * 0.1
-    y_ref = selective_scan_reference(u, delta, A, B, C)
+    y_ref = selective_scan_reference(ScanArgs(u, delta, A, B, C))
     y = selective_scan(u.float(), delta.float(), A.float(), B.float(), C.float(), backend=backend)
     assert relative_error(y, y_ref) < 1e-5
 
@@ -130,7 +131,7 @@ def test_cpu_backend_gradcheck(softplus):
     inputs = tuple(x[k].requires_grad_() for k in ARG_NAMES)
 
     def scan(*args):
-        return selective_scan_cpu(*args, delta_softplus=softplus, chunk=3)
+        return selective_scan_cpu(ScanArgs(*args, delta_softplus=softplus), chunk=3)
 
     assert torch.autograd.gradcheck(scan, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -142,10 +143,10 @@ def test_cpu_backend_long_sequence_many_chunks():
     x = scan_inputs("long_decay")
     x = {k: v[:, :333] if v.ndim == 3 else v for k, v in x.items()}
     leaves = [x[k].clone().requires_grad_() for k in ARG_NAMES]
-    y = selective_scan_cpu(*leaves, delta_softplus=True, chunk=16)
+    y = selective_scan_cpu(ScanArgs(*leaves, delta_softplus=True), chunk=16)
     y.sum().backward()
     ref_leaves = [x[k].clone().requires_grad_() for k in ARG_NAMES]
-    y_ref = selective_scan_reference(*ref_leaves, delta_softplus=True)
+    y_ref = selective_scan_reference(ScanArgs(*ref_leaves, delta_softplus=True))
     y_ref.sum().backward()
     assert relative_error(y, y_ref) < 1e-12
     for a, b in zip(leaves, ref_leaves):
@@ -159,9 +160,9 @@ def test_cpu_backend_same_result_on_any_thread_count():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        y1 = selective_scan_cpu(*(x[k] for k in ARG_NAMES), delta_softplus=True)
+        y1 = selective_scan_cpu(ScanArgs(*(x[k] for k in ARG_NAMES), delta_softplus=True))
         torch.set_num_threads(2)
-        y2 = selective_scan_cpu(*(x[k] for k in ARG_NAMES), delta_softplus=True)
+        y2 = selective_scan_cpu(ScanArgs(*(x[k] for k in ARG_NAMES), delta_softplus=True))
     finally:
         torch.set_num_threads(before)
     assert torch.equal(y1, y2)
@@ -171,15 +172,16 @@ def test_cpu_backend_reads_strided_views_and_half_inputs():
     from napari_lightm.model.scan.cpu_numba import selective_scan_cpu
 
     x = {k: v.float() for k, v in scan_inputs("random").items()}
-    y = selective_scan_cpu(*(x[k] for k in ARG_NAMES), delta_softplus=True)
+    y = selective_scan_cpu(ScanArgs(*(x[k] for k in ARG_NAMES), delta_softplus=True))
     # B and C as views into one projection, as the mixer produces them
     bc = torch.cat([x["B"], x["C"]], dim=-1)
     b_view, c_view = bc.split(x["B"].shape[-1], dim=-1)
     args = [x[k] for k in ARG_NAMES]
     args[3], args[4] = b_view, c_view
-    assert torch.equal(selective_scan_cpu(*args, delta_softplus=True), y)
-    y_bf16 = selective_scan_cpu(*(v.bfloat16() for v in (x["u"], x["delta"])), *args[2:],
-                                delta_softplus=True)
+    assert torch.equal(selective_scan_cpu(ScanArgs(*args, delta_softplus=True)), y)
+    half = ScanArgs(*(v.bfloat16() for v in (x["u"], x["delta"])), *args[2:],
+                    delta_softplus=True)
+    y_bf16 = selective_scan_cpu(half)
     assert y_bf16.dtype == torch.bfloat16
     assert relative_error(y_bf16.float(), y.double()) < 0.05
 

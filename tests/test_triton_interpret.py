@@ -11,6 +11,7 @@ import importlib.util
 import pytest
 import torch
 
+from napari_lightm.model.scan import ScanArgs
 from napari_lightm.model.scan.reference import selective_scan_reference
 
 if importlib.util.find_spec("triton") is None:
@@ -50,11 +51,9 @@ def inputs(bt=2, length=21, e=3, n=4, harsh=False, full=True, dtype=torch.float3
 def run_both(ts, args, softplus, chunk=8):
     """Triton (fp32) and reference (float64) outputs and gradients for the same leaves."""
     leaves = [None if t is None else t.clone().requires_grad_() for t in args]
-    y = ts.selective_scan_triton(*leaves[:7], delta_bias=leaves[7], delta_softplus=softplus,
-                                 chunk=chunk)
+    y = ts.selective_scan_triton(ScanArgs(*leaves, delta_softplus=softplus), chunk=chunk)
     leaves64 = [None if t is None else t.detach().double().requires_grad_() for t in args]
-    y64 = selective_scan_reference(*leaves64[:7], delta_bias=leaves64[7],
-                                   delta_softplus=softplus)
+    y64 = selective_scan_reference(ScanArgs(*leaves64, delta_softplus=softplus))
     gy = torch.randn(y64.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     used = [t for t in leaves if t is not None]
     used64 = [t for t in leaves64 if t is not None]
@@ -113,8 +112,7 @@ def test_small_channel_blocks_in_every_kernel(ts, monkeypatch, states_be, adj_be
     y, y64, grads = run_both(ts, args, softplus=True)
     assert rel(y, y64) < 1e-5
     with torch.no_grad():  # the plain forward (no states kept), in blocks of 4 channels
-        y_plain = ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True,
-                                           chunk=8)
+        y_plain = ts.selective_scan_triton(ScanArgs(*args, delta_softplus=True), chunk=8)
     assert rel(y_plain, y64) < 1e-5
     for name, (g, g64) in grads.items():
         assert rel(g, g64) < 1e-4, name
@@ -190,11 +188,9 @@ def test_super_chunk_inference_stores_no_states(ts, monkeypatch):
                         stored[-1])
     args = inputs(seed=12)
     with torch.no_grad():
-        y_inf = ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True,
-                                         chunk=4)
+        y_inf = ts.selective_scan_triton(ScanArgs(*args, delta_softplus=True), chunk=4)
     leaves = [t.clone().requires_grad_() for t in args]
-    y = ts.selective_scan_triton(*leaves[:7], delta_bias=leaves[7], delta_softplus=True,
-                                 chunk=4)
+    y = ts.selective_scan_triton(ScanArgs(*leaves, delta_softplus=True), chunk=4)
     assert stored[0][1] is None
     assert stored[1][1].shape == (2, 6, 3, 4)  # [Bt, K, E, N]: every chunk's end state
     torch.testing.assert_close(y_inf, y.detach(), rtol=0, atol=0)
@@ -230,7 +226,7 @@ def checkpointed_scan(ts, args, context_fn):
     leaves = [t.clone().requires_grad_() for t in args]
 
     def scan(*t):
-        return ts.selective_scan_triton(*t[:7], delta_bias=t[7], delta_softplus=True)
+        return ts.selective_scan_triton(ScanArgs(*t, delta_softplus=True))
 
     y = checkpoint(scan, *leaves, use_reentrant=False, context_fn=context_fn,
                    determinism_check="none")
@@ -242,7 +238,7 @@ def assert_float64_gradients(args, y, leaves) -> None:
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     grads = torch.autograd.grad(y, leaves, gy.float())
     leaves64 = [t.detach().double().requires_grad_() for t in args]
-    y64 = selective_scan_reference(*leaves64[:7], delta_bias=leaves64[7], delta_softplus=True)
+    y64 = selective_scan_reference(ScanArgs(*leaves64, delta_softplus=True))
     assert rel(y, y64) < 1e-5
     for name, g, g64 in zip(NAMES, grads, torch.autograd.grad(y64, leaves64, gy)):
         assert rel(g, g64) < 1e-4, name
@@ -301,10 +297,8 @@ def test_bfloat16_inputs_keep_float32_state(ts, monkeypatch, sub, chunk, seed):
     if sub is not None:
         force_super_chunks(ts, monkeypatch, sub, sub)
     args = inputs(dtype=torch.bfloat16, seed=seed)
-    y = ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True,
-                                 chunk=chunk)
-    ref = selective_scan_reference(*[t.double() for t in args[:7]], delta_bias=args[7].double(),
-                                   delta_softplus=True)
+    y = ts.selective_scan_triton(ScanArgs(*args, delta_softplus=True), chunk=chunk)
+    ref = selective_scan_reference(ScanArgs(*[t.double() for t in args], delta_softplus=True))
     assert y.dtype == torch.bfloat16
     assert rel(y.float(), ref) < 1e-2  # only the output rounding to bfloat16
 
@@ -314,8 +308,9 @@ def test_strided_token_major_views_need_no_copy(ts):
     u, delta, a, b, c, d, z, bias = inputs(seed=5)
     xz = torch.cat([u, z], dim=-1)
     x_view, z_view = xz.split(u.shape[-1], dim=-1)
-    y_view = ts.selective_scan_triton(x_view, delta, a, b, c, d, z_view, bias, True, chunk=16)
-    y = ts.selective_scan_triton(u, delta, a, b, c, d, z, bias, True, chunk=16)
+    y_view = ts.selective_scan_triton(ScanArgs(x_view, delta, a, b, c, d, z_view, bias, True),
+                                      chunk=16)
+    y = ts.selective_scan_triton(ScanArgs(u, delta, a, b, c, d, z, bias, True), chunk=16)
     torch.testing.assert_close(y_view, y, rtol=0, atol=0)
 
 
@@ -333,10 +328,10 @@ def test_bad_input_is_named(ts, change, message):
     args = inputs(seed=6)
     change(args)
     with pytest.raises(ValueError, match=message):
-        ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True, chunk=8)
+        ts.selective_scan_triton(ScanArgs(*args, delta_softplus=True), chunk=8)
 
 
 def test_chunk_must_be_a_power_of_two(ts):
     args = inputs(seed=7)
     with pytest.raises(ValueError, match="power of two"):
-        ts.selective_scan_triton(*args, chunk=12)
+        ts.selective_scan_triton(ScanArgs(*args), chunk=12)

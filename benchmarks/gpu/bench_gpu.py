@@ -33,6 +33,7 @@ from benchmarks._results import record
 
 from napari_lightm.model import LightMUNet, Mamba
 from napari_lightm.model.scan import (
+    ScanArgs,
     is_available,
     selective_scan,
     triton_scan,
@@ -135,8 +136,8 @@ def parity_reference(rows: list) -> None:
             grads = torch.autograd.grad(y, leaves, gy)
             ref_leaves = [t.detach().double().requires_grad_() for t in args]
             u, delta, a, b, c, d, z, bias = ref_leaves
-            yr = selective_scan_reference(u, delta, a, b, c, d, z, delta_bias=bias,
-                                          delta_softplus=True)
+            yr = selective_scan_reference(ScanArgs(u, delta, a, b, c, d, z, delta_bias=bias,
+                                                   delta_softplus=True))
             grads_r = torch.autograd.grad(yr, ref_leaves, gy.double())
             g_err = max(rel_err(x, r) for x, r in zip(grads, grads_r))
             rows.append([f"triton vs reference f64 ({'harsh' if harsh else 'plain'}, "
@@ -234,7 +235,7 @@ def triton_sweep() -> tuple[int, int] | None:
 
     def fwd():
         u, delta, a, b, c, d, z, bias = args
-        return ts.selective_scan_triton(u, delta, a, b, c, d, z, bias, True)
+        return ts.selective_scan_triton(ScanArgs(u, delta, a, b, c, d, z, bias, True))
 
     for chunk, be, warps, sub in ((32, 8, 4, 1), (16, 16, 4, 64), (16, 16, 4, 16),
                                   (16, 32, 8, 64), (16, 16, 8, 64), (8, 32, 4, 128),

@@ -1,7 +1,7 @@
 """One entry point for the selective scan, with interchangeable backends.
 
-All backends share the token-major layout of :func:`selective_scan_reference`:
-``u, delta, z: [Bt, L, E]``, ``A: [E, N]``, ``B, C: [Bt, L, N]``, ``D, delta_bias: [E]``.
+Every backend is a function of one :class:`ScanArgs` (token-major ``u, delta, z: [Bt, L, E]``,
+``A: [E, N]``, ``B, C: [Bt, L, N]``, ``D, delta_bias: [E]``), returning ``y [Bt, L, E]``.
 
 Backends (``name``: where it runs):
 
@@ -26,6 +26,7 @@ from functools import cache
 
 import torch
 
+from napari_lightm.model.scan.args import ScanArgs
 from napari_lightm.model.scan.reference import selective_scan_reference
 from napari_lightm.model.scan.torch_chunked import selective_scan_torch
 
@@ -132,18 +133,20 @@ def selective_scan(
 ) -> torch.Tensor:
     """Selective scan ``y = SSM(u)`` (optionally ``* SiLU(z)``) with the chosen backend.
 
-    See :func:`selective_scan_reference` for shapes. The state is kept in float32
-    (float64 for float64 inputs) whatever the input dtype, also under autocast.
+    See :class:`ScanArgs` for the arguments. The state is kept in float32 (float64 for
+    float64 inputs) whatever the input dtype, also under autocast.
     """
+    args = ScanArgs(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     name = resolve_backend(u.device, backend)
     fn = BACKENDS[name].load()
     with torch.autocast(device_type=u.device.type, enabled=False):
-        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return fn(args)
 
 
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
+    "ScanArgs",
     "available_backends",
     "is_available",
     "resolve_backend",

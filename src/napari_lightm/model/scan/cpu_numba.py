@@ -38,6 +38,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from napari_lightm.model.scan.args import ScanArgs
+
 BLOCK = 16  # channels per task: one AVX-512 (two AVX2) vectors, a compile-time trip count
 DEFAULT_CHUNK = 64  # tokens between stored states; the backward recomputes one chunk at a time
 
@@ -448,29 +450,18 @@ class _SelectiveScanCPU(torch.autograd.Function):
         )
 
 
-def selective_scan_cpu(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    chunk: int = DEFAULT_CHUNK,
-) -> torch.Tensor:
-    """Same contract as :func:`selective_scan_reference` (token-major ``[Bt, L, E]``), on CPU.
+def selective_scan_cpu(args: ScanArgs, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """The scan of ``args`` (see :class:`ScanArgs`) on CPU tensors.
 
-    Differentiable in ``u, delta, A, B, C, D, z, delta_bias``. Computes in float32
-    (float64 for float64 ``u``); returns ``y [Bt, L, E]`` in ``u``'s dtype.
-    ``chunk`` is the number of tokens between the states kept for the backward.
+    Differentiable in every tensor argument. Computes in float32 (float64 for float64
+    ``u``); returns ``y [Bt, L, E]`` in ``u``'s dtype. ``chunk`` is the number of tokens
+    between the states kept for the backward.
     """
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus = args
     if u.device.type != "cpu":
         raise ValueError(f"the cpu scan backend needs CPU tensors, got {u.device}")
-    dtype_in = u.dtype
-    work = torch.float64 if dtype_in == torch.float64 else torch.float32
-    bt, length, e = u.shape
+    work = args.work_dtype
+    e = u.shape[-1]
     pad = (-e) % BLOCK
 
     def prep(t: torch.Tensor | None, channel_dim: int = -1) -> torch.Tensor | None:
@@ -492,7 +483,7 @@ def selective_scan_cpu(
     )
     if pad:
         y = y[..., :e]
-    return y.to(dtype_in)
+    return y.to(u.dtype)
 
 
 def causal_conv1d_silu_cpu(

@@ -54,6 +54,7 @@ import triton
 import triton.language as tl
 
 from napari_lightm.model.kernels._host import interpreting, pow2
+from napari_lightm.model.scan.args import ScanArgs
 
 # Launch settings: the fastest of benchmarks/gpu/bench_gpu.py's sweeps on an H200 at
 # E=64, L=2,097,152 (benchmarks/RESULTS.md). Forward alone: 8-token chunks, 32 channels x
@@ -766,24 +767,10 @@ def _bt_strides(x: torch.Tensor | None) -> tuple[int, int]:
     return (0, 0) if x is None else (x.stride(0), x.stride(1))
 
 
-def _check(u, delta, A, B, C, D, z, delta_bias) -> None:
-    if u.device.type != "cuda" and not interpreting():
-        raise ValueError(f"triton scan needs CUDA tensors, got {u.device}")
-    if u.ndim != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must be [Bt, L, E] of equal shape, got {tuple(u.shape)}, "
-                         f"{tuple(delta.shape)}")
-    bt, length, e = u.shape
-    if A.ndim != 2 or A.shape[0] != e:
-        raise ValueError(f"A must be [E={e}, N], got {tuple(A.shape)}")
-    n = A.shape[1]
-    for name, m in (("B", B), ("C", C)):
-        if m.shape != (bt, length, n):
-            raise ValueError(f"{name} must be [Bt, L, N] = {(bt, length, n)}, got {tuple(m.shape)}")
-    if z is not None and z.shape != u.shape:
-        raise ValueError(f"z must match u {tuple(u.shape)}, got {tuple(z.shape)}")
-    for name, v in (("D", D), ("delta_bias", delta_bias)):
-        if v is not None and v.shape != (e,):
-            raise ValueError(f"{name} must be [E={e}], got {tuple(v.shape)}")
+def _check(args: ScanArgs) -> None:
+    if args.u.device.type != "cuda" and not interpreting():
+        raise ValueError(f"triton scan needs CUDA tensors, got {args.u.device}")
+    args.check_shapes()
 
 
 def _check_chunk(u: torch.Tensor, chunk: int | None, tensors=()) -> int:
@@ -1057,34 +1044,21 @@ def _walk_backward(ctx, dy):
     return (*grads, None, None)
 
 
-def selective_scan_triton(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    chunk: int | None = None,
-) -> torch.Tensor:
-    """Chunk-parallel selective scan; same contract as :func:`selective_scan_reference`.
+def selective_scan_triton(args: ScanArgs, chunk: int | None = None) -> torch.Tensor:
+    """The scan of ``args`` (see :class:`ScanArgs`), chunk-parallel.
 
-    Args:
-        u, delta, z: ``[Bt, L, E]`` (float32, bfloat16 or float16; any batch/token strides).
-        A: ``[E, N]``; B, C: ``[Bt, L, N]``; D, delta_bias: ``[E]``.
-        delta_softplus: apply softplus to ``delta + delta_bias``.
-        chunk: tokens per chunk (a power of two; None = ``DEFAULT_CHUNK``).
+    ``u, delta, z`` may be float32, bfloat16 or float16 with any batch/token strides.
+    ``chunk``: tokens per chunk (a power of two; None = ``DEFAULT_CHUNK`` when a backward
+    pass may follow, else ``INFER_CHUNK``).
 
-    Returns:
-        ``y`` ``[Bt, L, E]`` in ``u``'s dtype; the state is float32 throughout.
-        Differentiable with respect to every tensor argument.
+    Returns ``y [Bt, L, E]`` in ``u``'s dtype; the state is float32 throughout.
+    Differentiable with respect to every tensor argument.
     """
-    _check(u, delta, A, B, C, D, z, delta_bias)
-    chunk = _check_chunk(u, chunk, (u, delta, A, B, C, D, z, delta_bias))
+    _check(args)
+    u, delta, A, B, C, D, z, delta_bias, softplus = args
+    chunk = _check_chunk(u, chunk, args[:8])
     u, delta, B, C, z = (_unit_last(x) for x in (u, delta, B, C, z))
-    return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), chunk)
+    return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(softplus), chunk)
 
 
 __all__ = [
