@@ -118,7 +118,7 @@ def test_optional_arguments_absent(backend):
 
 @pytest.mark.parametrize("softplus", [True, False])
 def test_cpu_backend_gradcheck(softplus):
-    from napari_lightm.model.scan.cpu_numba import selective_scan_cpu
+    from napari_lightm.model.scan.cpu import selective_scan_cpu
 
     g = torch.Generator().manual_seed(2)
     bt, length, e, n = 2, 7, 3, 4  # 7 tokens over 3 recomputation chunks
@@ -138,7 +138,7 @@ def test_cpu_backend_gradcheck(softplus):
 
 def test_cpu_backend_long_sequence_many_chunks():
     """Several recomputation chunks and a ragged last one; forward and gradients."""
-    from napari_lightm.model.scan.cpu_numba import selective_scan_cpu
+    from napari_lightm.model.scan.cpu import selective_scan_cpu
 
     x = scan_inputs("long_decay")
     x = {k: v[:, :333] if v.ndim == 3 else v for k, v in x.items()}
@@ -154,7 +154,7 @@ def test_cpu_backend_long_sequence_many_chunks():
 
 
 def test_cpu_backend_same_result_on_any_thread_count():
-    from napari_lightm.model.scan.cpu_numba import selective_scan_cpu
+    from napari_lightm.model.scan.cpu import selective_scan_cpu
 
     x = {k: v.float() for k, v in scan_inputs("random").items()}
     before = torch.get_num_threads()
@@ -169,7 +169,7 @@ def test_cpu_backend_same_result_on_any_thread_count():
 
 
 def test_cpu_backend_reads_strided_views_and_half_inputs():
-    from napari_lightm.model.scan.cpu_numba import selective_scan_cpu
+    from napari_lightm.model.scan.cpu import selective_scan_cpu
 
     x = {k: v.float() for k, v in scan_inputs("random").items()}
     y = selective_scan_cpu(ScanArgs(*(x[k] for k in ARG_NAMES), delta_softplus=True))

@@ -113,7 +113,7 @@ class Mamba(nn.Module):
 
             return causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias)
         if self._fused_conv_available(x):
-            from napari_lightm.model.scan.cpu_numba import causal_conv1d_silu_cpu
+            from napari_lightm.model.ops.conv1d.cpu import causal_conv1d_silu_cpu
 
             return causal_conv1d_silu_cpu(x, self.conv1d.weight, self.conv1d.bias)
         return F.silu(self.causal_conv(x))

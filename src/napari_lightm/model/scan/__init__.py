@@ -50,7 +50,7 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend("reference", "napari_lightm.model.scan.reference", "selective_scan_reference",
                 ("cpu", "cuda", "mps")),
-        Backend("cpu", "napari_lightm.model.scan.cpu_numba", "selective_scan_cpu", ("cpu",),
+        Backend("cpu", "napari_lightm.model.scan.cpu", "selective_scan_cpu", ("cpu",),
                 "numba"),
         Backend("torch", "napari_lightm.model.scan.torch_chunked", "selective_scan_torch",
                 ("cpu", "cuda", "mps")),
