@@ -281,7 +281,11 @@ def triton_sweep() -> tuple[int, int] | None:
 def kernel_timings() -> None:
     """The fused conv / norm kernels against the torch ops they replace, at the 128^3 level
     (L=2,097,152 tokens, C=32, E=64), with a small sweep of their launch constants."""
-    from napari_lightm.model.kernels import conv, norms
+    from napari_lightm.model.ops.conv1d.triton import causal_conv1d_silu
+    from napari_lightm.model.ops.launch import Conv1d as conv
+    from napari_lightm.model.ops.launch import Norms as norms
+    from napari_lightm.model.ops.norms.group_norm_triton import group_norm_relu
+    from napari_lightm.model.ops.norms.layer_norm_triton import layer_norm, residual_layer_norm
 
     L, C, E = 2_097_152, 32, 64
     rows = []
@@ -302,12 +306,12 @@ def kernel_timings() -> None:
     keep = conv.FWD_BLOCK_L, conv.FWD_BLOCK_E, conv.FWD_WARPS
     for bl, be, warps in (keep, (32, 64, 8), (16, 64, 4), (128, 32, 8)):
         conv.FWD_BLOCK_L, conv.FWD_BLOCK_E, conv.FWD_WARPS = bl, be, warps
-        timed("conv+SiLU fwd, triton", lambda: conv.causal_conv1d_silu(x, w, bias), gb,
+        timed("conv+SiLU fwd, triton", lambda: causal_conv1d_silu(x, w, bias), gb,
               f"{bl}x{be}, {warps} warps")
     conv.FWD_BLOCK_L, conv.FWD_BLOCK_E, conv.FWD_WARPS = keep
     xg = x.detach().clone().requires_grad_()
     wg = w.clone().requires_grad_()
-    y = conv.causal_conv1d_silu(xg, wg, bias)
+    y = causal_conv1d_silu(xg, wg, bias)
     gy = torch.randn_like(y)
     keep = conv.BWD_BLOCK_L, conv.BWD_BLOCK_E, conv.BWD_WARPS, conv.DX_WARPS
     for bl, be, warps, dx_warps in (keep, (32, 64, 4, 4), (16, 64, 2, 2), (16, 32, 4, 4),
@@ -328,10 +332,10 @@ def kernel_timings() -> None:
     keep = norms.LN_FWD_TILE, norms.LN_FWD_WARPS
     for tile, warps in (keep, (4096, 4), (8192, 8), (1024, 2)):
         norms.LN_FWD_TILE, norms.LN_FWD_WARPS = tile, warps
-        timed("LayerNorm fwd, triton", lambda: norms.layer_norm(t, lw, lb), gb,
+        timed("LayerNorm fwd, triton", lambda: layer_norm(t, lw, lb), gb,
               f"tile {tile}, {warps} warps")
         timed("residual+LayerNorm fwd, triton",
-              lambda: norms.residual_layer_norm(a, t, s1, lw, lb), 1.5 * gb,
+              lambda: residual_layer_norm(a, t, s1, lw, lb), 1.5 * gb,
               f"tile {tile}, {warps} warps")
     norms.LN_FWD_TILE, norms.LN_FWD_WARPS = keep
 
@@ -343,18 +347,18 @@ def kernel_timings() -> None:
     for tile, sw, aw in ((4096, 4, 4), (8192, 8, 8), (2048, 4, 4), (16384, 8, 8)):
         norms.GN_TILE, norms.GN_STATS_WARPS, norms.GN_APPLY_WARPS = tile, sw, aw
         timed("GroupNorm+ReLU fwd, triton (channels-last)",
-              lambda: norms.group_norm_relu(fmap_cl, 8, gw, gbias), 1.5 * gb,
+              lambda: group_norm_relu(fmap_cl, 8, gw, gbias), 1.5 * gb,
               f"tile {tile}, {sw}/{aw} warps")
     norms.GN_TILE, norms.GN_STATS_WARPS, norms.GN_APPLY_WARPS = 4096, 4, 4
     timed("GroupNorm+ReLU fwd, triton (NCDHW input)",
-          lambda: norms.group_norm_relu(fmap, 8, gw, gbias), 1.5 * gb)
+          lambda: group_norm_relu(fmap, 8, gw, gbias), 1.5 * gb)
     xg = fmap_cl.clone().requires_grad_()
-    y = norms.group_norm_relu(xg, 8, gw.requires_grad_(), gbias)
+    y = group_norm_relu(xg, 8, gw.requires_grad_(), gbias)
     gy = torch.randn_like(y)
     timed("GroupNorm+ReLU bwd, triton", lambda: torch.autograd.grad(y, [xg, gw], gy,
           retain_graph=True), 2.5 * gb)
     tg = t.clone().requires_grad_()
-    y = norms.layer_norm(tg, lw.requires_grad_(), lb)
+    y = layer_norm(tg, lw.requires_grad_(), lb)
     gl = torch.randn_like(y)
     timed("LayerNorm bwd, triton", lambda: torch.autograd.grad(y, [tg, lw], gl,
           retain_graph=True), 3 * gb)

@@ -53,7 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
-from napari_lightm.model.kernels._host import interpreting, pow2
+from napari_lightm.model.ops._host import interpreting, pow2
 from napari_lightm.model.scan.args import ScanArgs
 
 # Launch settings: the fastest of benchmarks/gpu/bench_gpu.py's sweeps on an H200 at

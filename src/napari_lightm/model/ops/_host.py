@@ -24,3 +24,11 @@ def pow2(x: int) -> int:
 def on_device(x: torch.Tensor):
     """Launch on ``x``'s GPU (Triton launches on the current device)."""
     return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
+def unit_last(x: torch.Tensor | None) -> torch.Tensor | None:
+    """``x`` with a unit stride on its last axis (a copy only when it has none): the kernels
+    take any batch/token strides but index the last axis contiguously."""
+    if x is None:
+        return None
+    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
