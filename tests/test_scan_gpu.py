@@ -96,13 +96,14 @@ def test_triton_super_chunks_match_float64_reference(monkeypatch, harsh):
     """Super-chunks forced at L=3000 (94 chunks of 32): forward 8 a program (last one 6),
     backward 11 a program with one group of 20 channel blocks."""
     backend_or_skip("triton")
-    from napari_lightm.model.scan import triton_scan as ts
+    from napari_lightm.model.ops.launch import Scan
+    from napari_lightm.model.scan import triton as ts
 
-    monkeypatch.setattr(ts, "FWD_MIN_PROGRAMS", 100)
-    monkeypatch.setattr(ts, "FWD_MAX_SUB", 8)
-    monkeypatch.setattr(ts, "BWD_MIN_PROGRAMS", 16)
-    monkeypatch.setattr(ts, "BWD_MAX_SUB", 16)
-    monkeypatch.setattr(ts, "CARRY_BLOCK_K", 4)
+    monkeypatch.setattr(Scan, "FWD_MIN_PROGRAMS", 100)
+    monkeypatch.setattr(Scan, "FWD_MAX_SUB", 8)
+    monkeypatch.setattr(Scan, "BWD_MIN_PROGRAMS", 16)
+    monkeypatch.setattr(Scan, "BWD_MAX_SUB", 16)
+    monkeypatch.setattr(Scan, "CARRY_BLOCK_K", 4)
     args = inputs(harsh=harsh, seed=2)
     run = lambda t: ts.selective_scan_triton(ScanArgs(*t, delta_softplus=True))  # noqa: E731
     y, grads = _grads_of(run, args)
@@ -117,14 +118,16 @@ def test_triton_default_super_chunks_agree_with_single_chunks(monkeypatch):
     """Realistic shape (E=64, L=2^20: 32 chunks a program forward, 4 backward by default)
     against the same kernels with one chunk per program."""
     backend_or_skip("triton")
-    from napari_lightm.model.scan import triton_scan as ts
+    from napari_lightm.model.ops.launch import Scan
+    from napari_lightm.model.scan import triton as ts
+    from napari_lightm.model.scan.triton.autograd import _sub_chunks
 
     args = inputs(bt=1, length=2**20, e=64, seed=3)
     run = lambda t: ts.selective_scan_triton(ScanArgs(*t, delta_softplus=True))  # noqa: E731
-    assert ts._sub_chunks(2**20 // ts.DEFAULT_CHUNK, 8, ts.FWD_MIN_PROGRAMS, ts.FWD_MAX_SUB) > 1
+    assert _sub_chunks(2**20 // Scan.DEFAULT_CHUNK, 8, Scan.FWD_MIN_PROGRAMS, Scan.FWD_MAX_SUB) > 1
     y, grads = _grads_of(run, args)
-    monkeypatch.setattr(ts, "FWD_MAX_SUB", 1)
-    monkeypatch.setattr(ts, "BWD_MAX_SUB", 1)
+    monkeypatch.setattr(Scan, "FWD_MAX_SUB", 1)
+    monkeypatch.setattr(Scan, "BWD_MAX_SUB", 1)
     y1, grads1 = _grads_of(run, args)
     assert rel(y, y1) < 1e-5
     for name, g, g1 in zip(NAMES, grads, grads1):

@@ -32,13 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root fo
 from benchmarks._results import record
 
 from napari_lightm.model import LightMUNet, Mamba
-from napari_lightm.model.scan import (
-    ScanArgs,
-    is_available,
-    selective_scan,
-    triton_scan,
-)
+from napari_lightm.model.ops.launch import Scan as scan_launch
+from napari_lightm.model.scan import ScanArgs, is_available, selective_scan
 from napari_lightm.model.scan.reference import selective_scan_reference
+from napari_lightm.model.scan.triton import selective_scan_triton
+from napari_lightm.model.scan.triton.common import flip_mode
 
 DEV = torch.device("cuda")
 SCAN_SHAPES = [(64, 2_097_152), (64, 262_144), (128, 262_144), (512, 4_096)]  # (E, L), Bt=1
@@ -231,11 +229,11 @@ def triton_sweep() -> tuple[int, int] | None:
     """
     args = scan_inputs(1, 2_097_152, 64)
     rows, best = [], None
-    ts = triton_scan
+    ts = scan_launch
 
     def fwd():
         u, delta, a, b, c, d, z, bias = args
-        return ts.selective_scan_triton(ScanArgs(u, delta, a, b, c, d, z, bias, True))
+        return selective_scan_triton(ScanArgs(u, delta, a, b, c, d, z, bias, True))
 
     for chunk, be, warps, sub in ((32, 8, 4, 1), (16, 16, 4, 64), (16, 16, 4, 16),
                                   (16, 32, 8, 64), (16, 16, 8, 64), (8, 32, 4, 128),
@@ -409,8 +407,8 @@ def scan_timings(chunk: int, quick: bool) -> None:
         torch.cuda.empty_cache()
     record("GPU: selective scan, mamba-ssm vs ours (fp32, Bt=1, N=16)",
            ["shape", "backend", "fwd ms", "fwd+bwd ms", "fwd GB/s (u,delta,z,y,B,C once)"], rows,
-           notes=f"triton chunk={chunk}, channels/program={triton_scan.FWD_BLOCK_E}; "
-                 f"reverse scan via flip: {triton_scan._flip_mode(DEV)}")
+           notes=f"triton chunk={chunk}, channels/program={scan_launch.FWD_BLOCK_E}; "
+                 f"reverse scan via flip: {flip_mode(DEV)}")
 
 
 # ---------------------------------------------------------------- whole network
@@ -534,7 +532,7 @@ def network_training(quick: bool, compile_: bool) -> None:
     name = "ours (" + ours.scan_backend + ")"
     variants += [(f"{name} + {how}, fp32", fused, "fp32"),
                  (f"{name} + {how}, TF32 matmuls", fused, "tf32")]
-    other = not triton_scan.WALK_BWD  # the scan's other backward, same network
+    other = not scan_launch.WALK_BWD  # the scan's other backward, same network
     variants.append((f"{name} + {how}, fp32, {'walk' if other else 'chunk'} backward "
                      f"(WALK_BWD={other})", fused, "fp32", {"WALK_BWD": other}))
     if compile_:
@@ -546,9 +544,9 @@ def network_training(quick: bool, compile_: bool) -> None:
     rows, base = [], None
     for label, net, mode, *settings in variants:
         opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-5, eps=1e-5)
-        keep = {k: getattr(triton_scan, k) for k in (settings[0] if settings else {})}
+        keep = {k: getattr(scan_launch, k) for k in (settings[0] if settings else {})}
         for k, v in (settings[0] if settings else {}).items():
-            setattr(triton_scan, k, v)
+            setattr(scan_launch, k, v)
 
         def step(net=net, opt=opt, mode=mode):
             opt.zero_grad(set_to_none=True)
@@ -573,7 +571,7 @@ def network_training(quick: bool, compile_: bool) -> None:
             continue
         finally:
             for k, v in keep.items():
-                setattr(triton_scan, k, v)
+                setattr(scan_launch, k, v)
         base = base or ms
         rows.append(["2x1x128x128x128", label, ms, mem, base / ms, first])
         print(rows[-1], flush=True)
@@ -592,7 +590,7 @@ def backward_sweep() -> None:
     the defaults first): the walk backward against the chunk backward (and the walk's
     channels per program, warps, super-chunks), the chunk backward's gradient kernel
     (chunk, channels per program, warps) and the adjoint pass both use (channels, warps)."""
-    ts = triton_scan
+    ts = scan_launch
     groups = {
         "walk backward": (("WALK_BWD", "WALK_BLOCK_E", "WALK_WARPS"),
                           ((False, 32, 1), (True, 64, 2), (True, 64, 1), (True, 32, 2),
@@ -679,7 +677,7 @@ def main() -> None:
     print(torch.cuda.get_device_name(0), "torch", torch.__version__, "triton", triton.__version__,
           "mamba_ssm:",
           is_available("mamba_ssm"), "triton:", is_available("triton"), flush=True)
-    print("reverse scan needs flip:", triton_scan._flip_mode(DEV), flush=True)
+    print("reverse scan needs flip:", flip_mode(DEV), flush=True)
     rows: list = []
     parity_reference(rows)
     if is_available("mamba_ssm"):
@@ -697,7 +695,7 @@ def main() -> None:
             parity_reference(rows)
             record("GPU: parity of triton with the settings chosen by the sweep",
                    ["check", "shape", "output", "gradients"], rows)
-        scan_timings(best[0] if best else triton_scan.INFER_CHUNK, opts.quick)
+        scan_timings(best[0] if best else scan_launch.INFER_CHUNK, opts.quick)
     if opts.bwd_sweep:
         backward_sweep()
     if opts.engine:

@@ -124,9 +124,9 @@ class _FastRVMLayer(RVMLayer):
 def _pass_contexts():
     """(first pass, recomputation) contexts of an RVM layer's activation checkpoint: the
     Triton scan's first pass runs as for inference and hands its super-chunk states to the
-    recomputation (``triton_scan.recomputation_contexts``)."""
+    recomputation (``scan.triton.recomputation_contexts``)."""
     if is_available("triton"):
-        from napari_lightm.model.scan.triton_scan import recomputation_contexts
+        from napari_lightm.model.scan.triton import recomputation_contexts
 
         return recomputation_contexts()
     return contextlib.nullcontext(), contextlib.nullcontext()
@@ -211,7 +211,9 @@ def _is_pointwise_pair(dw: nn.Module, pw: nn.Module) -> bool:
             and all(p == 0 for p in dw.padding))
 
 
-def _update_rvm(layer: RVMLayer) -> None:
+def _set_rvm_flag(layer: RVMLayer, flag: str, enabled: bool) -> None:
+    """Set one of the RVM layer's switches; its class follows: fast while any is on."""
+    setattr(layer, flag, enabled)
     flags = ("_lightm_fused", "_lightm_fast_norms", "_lightm_checkpoint")
     layer.__class__ = (_FastRVMLayer if any(getattr(layer, f, False) for f in flags)
                        else RVMLayer)
@@ -232,8 +234,7 @@ def enable_fused_kernels(model: nn.Module, enabled: bool = True) -> int:
     count = 0
     for module in model.modules():
         if isinstance(module, RVMLayer):
-            module._lightm_fused = enabled
-            _update_rvm(module)
+            _set_rvm_flag(module, "_lightm_fused", enabled)
         elif isinstance(module, ResMambaBlock):
             _swap(module, ResMambaBlock, _FusedResMambaBlock, enabled)
         elif isinstance(module, ResUpBlock):
@@ -260,8 +261,7 @@ def enable_fast_norms(model: nn.Module, enabled: bool = True) -> int:
             _swap(module, nn.GroupNorm, _FastGroupNorm, enabled)
             count += 1
         elif isinstance(module, RVMLayer):
-            module._lightm_fast_norms = enabled
-            _update_rvm(module)
+            _set_rvm_flag(module, "_lightm_fast_norms", enabled)
             count += 1
     return count
 
@@ -271,13 +271,10 @@ def enable_rvm_checkpointing(model: nn.Module, enabled: bool = True) -> int:
 
     Returns the number of RVM layers changed. Combines with the other switches.
     """
-    count = 0
-    for module in model.modules():
-        if isinstance(module, RVMLayer):
-            module._lightm_checkpoint = enabled
-            _update_rvm(module)
-            count += 1
-    return count
+    layers = [m for m in model.modules() if isinstance(m, RVMLayer)]
+    for layer in layers:
+        _set_rvm_flag(layer, "_lightm_checkpoint", enabled)
+    return len(layers)
 
 
 def enable_fast_path(model: nn.Module, training: bool = False) -> str:

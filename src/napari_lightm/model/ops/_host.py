@@ -32,3 +32,8 @@ def unit_last(x: torch.Tensor | None) -> torch.Tensor | None:
     if x is None:
         return None
     return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
+
+
+def bt_strides(x: torch.Tensor | None) -> tuple[int, int]:
+    """The batch and token strides of ``x [Bt, L, ...]``; ``(0, 0)`` for an absent tensor."""
+    return (0, 0) if x is None else (x.stride(0), x.stride(1))

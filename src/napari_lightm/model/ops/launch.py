@@ -12,6 +12,47 @@ dimension it covers, so small inputs get small tiles.
 from __future__ import annotations
 
 
+class Scan:
+    """The selective scan (``scan/triton/``).
+
+    Forward alone (``INFER_CHUNK``, ``FWD_*``): the fastest of bench_gpu.py's "triton
+    sweep" (``triton_sweep``; RESULTS.md "GPU: triton scan settings, E=64, L=2,097,152").
+    With a backward pass (``DEFAULT_CHUNK``, ``BWD_*``, ``ADJ_*``, ``STATES_*``, ``WALK_*``):
+    its "backward launch settings" sweep at the train step's batch of 2 (``backward_sweep``;
+    RESULTS.md "GPU: triton scan backward settings, Bt=2, E=64, L=2,097,152 (fwd+bwd)"); the
+    adjoint pass and the state-keeping forward measured alike over their settings and keep
+    the forward's.
+    """
+
+    INFER_CHUNK = 8  # tokens per chunk (a power of two) for a forward pass alone
+    DEFAULT_CHUNK = 16  # tokens per chunk when a backward pass may follow
+    FWD_BLOCK_E = 32  # channels per program, forward kernels
+    FWD_WARPS = 4
+    STATES_BLOCK_E = 32  # channels per program, the forward that keeps chunk states for backward
+    STATES_WARPS = 4
+    CARRY_BLOCK_K = 128  # chunk summaries scanned per step of the carry pass
+    BWD_BLOCK_E = 2  # channels per program, the chunk backward's gradient kernel
+    BWD_WARPS = 1  # one warp: the chunk's tokens stay in its threads (no cross-warp scan)
+    BWD_MIN_PROGRAMS = 8192  # chunk backward: split channels over programs until this many run
+    ADJ_BLOCK_E = 32  # channels per program, the backward's reverse pass (adjoint)
+    ADJ_WARPS = 4
+    # Super-chunks: one program walks SUB consecutive chunks, the state in registers; only
+    # the super-chunk summaries go through the (latency-bound) carry pass. SUB is the largest
+    # value (<= *_MAX_SUB) that still leaves *_MIN_PROGRAMS programs; MAX_SUB = 1 turns it off.
+    FWD_MIN_PROGRAMS = 8192  # forward kernels: programs to keep (super-chunks x blocks x Bt)
+    FWD_MAX_SUB = 128
+    BWD_MAX_SUB = 1  # chunk backward (adjoint + gradient kernels)
+    # The walk backward (scan/triton/backward_walk.py): WALK_BLOCK_E channels per program
+    # (32 x WALK_WARPS lanes, the rest in-thread), super-chunks of up to WALK_MAX_SUB chunks
+    # while WALK_MIN_PROGRAMS programs run. Off: it has not been timed compiled yet; the
+    # "backward launch settings" sweep times it against the chunk backward.
+    WALK_BWD = False
+    WALK_BLOCK_E = 32
+    WALK_WARPS = 1
+    WALK_MIN_PROGRAMS = 16384
+    WALK_MAX_SUB = 16
+
+
 class Conv1d:
     """Causal depthwise conv1d + SiLU (``ops/conv1d/triton.py``).
 
@@ -69,4 +110,4 @@ class DWConv:
     WGRAD_MIN_PROGRAMS = 2048  # weight gradient: rows are grouped so that about this many run
 
 
-__all__ = ["Conv1d", "DWConv", "Norms"]
+__all__ = ["Conv1d", "DWConv", "Norms", "Scan"]

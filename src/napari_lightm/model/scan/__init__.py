@@ -54,7 +54,7 @@ BACKENDS: dict[str, Backend] = {
                 "numba"),
         Backend("torch", "napari_lightm.model.scan.torch_chunked", "selective_scan_torch",
                 ("cpu", "cuda", "mps")),
-        Backend("triton", "napari_lightm.model.scan.triton_scan", "selective_scan_triton",
+        Backend("triton", "napari_lightm.model.scan.triton", "selective_scan_triton",
                 ("cuda",), "triton"),
         Backend("mamba_ssm", "napari_lightm.model.scan.mamba_ssm_backend",
                 "selective_scan_mamba_ssm", ("cuda",), "mamba_ssm.ops.selective_scan_interface"),
