@@ -36,14 +36,7 @@ from torch.autograd.function import once_differentiable
 
 from napari_lightm.model.ops._host import pow2
 from napari_lightm.model.ops.launch import Norms as LAUNCH
-from napari_lightm.model.ops.norms._common import (
-    block_rows,
-    check_channels,
-    check_device_dtype,
-    check_param,
-    f32_param,
-    param_grad,
-)
+from napari_lightm.model.ops.norms import _common as common
 
 
 @triton.jit
@@ -172,7 +165,7 @@ def _gn_bwd_apply_kernel(
 
 def _gn_launch(L: int, c: int, bsz: int) -> tuple[int, int, tuple[int, int]]:
     block_c = pow2(c)
-    block_t = block_rows(LAUNCH.GN_TILE, block_c, L)
+    block_t = common.block_rows(LAUNCH.GN_TILE, block_c, L)
     return block_t, block_c, (triton.cdiv(L, block_t), bsz)
 
 
@@ -204,9 +197,9 @@ class _GroupNormReLU(torch.autograd.Function):
         rstd = torch.rsqrt(m2 / n + eps)
         mean_c = mean.repeat_interleave(cpg, dim=1).contiguous()  # [B, C]
         rstd_c = rstd.repeat_interleave(cpg, dim=1).contiguous()
-        w32 = f32_param(weight)
+        w32 = common.f32_param(weight)
         a_c = (rstd_c * w32 if w32 is not None else rstd_c).contiguous()
-        beta = f32_param(bias) if bias is not None else torch.zeros(c, **f32)
+        beta = common.f32_param(bias) if bias is not None else torch.zeros(c, **f32)
         y = torch.empty(bsz, L, c, device=x.device, dtype=x.dtype)
         _gn_apply_kernel[grid](
             x, y, mean_c, a_c, beta, L, c, *_strides3(x),
@@ -251,8 +244,8 @@ class _GroupNormReLU(torch.autograd.Function):
                 *_strides3(x), *_strides3(dy),
                 RELU=ctx.relu, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=LAUNCH.GN_APPLY_WARPS,
             )
-        return (dx, None, param_grad(s2.sum(0), weight, need[2]),
-                param_grad(s1.sum(0), bias, need[3]), None, None)
+        return (dx, None, common.param_grad(s2.sum(0), weight, need[2]),
+                common.param_grad(s1.sum(0), bias, need[3]), None, None)
 
 
 def group_norm_relu(
@@ -281,7 +274,7 @@ def group_norm_relu(
         view). Statistics are float32 (two-stage, Chan-combined). Differentiable with
         respect to ``x``, ``weight`` and ``bias``.
     """
-    check_device_dtype("x", x)
+    common.check_device_dtype("x", x)
     if x.ndim < 3:
         raise ValueError(f"x must be [B, C, *spatial], got shape {tuple(x.shape)}")
     bsz, c, *spatial = x.shape
@@ -289,9 +282,9 @@ def group_norm_relu(
         raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
     if c % num_groups:
         raise ValueError(f"channels C={c} must be divisible by num_groups={num_groups}")
-    check_channels(c)
-    check_param("weight", weight, c, x.device)
-    check_param("bias", bias, c, x.device)
+    common.check_channels(c)
+    common.check_param("weight", weight, c, x.device)
+    common.check_param("bias", bias, c, x.device)
     if x.numel() == 0:
         raise ValueError(f"x is empty: {tuple(x.shape)}")
     if bsz > 65535:

@@ -27,14 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from napari_lightm.model.ops._host import pow2
 from napari_lightm.model.ops.launch import Norms as LAUNCH
-from napari_lightm.model.ops.norms._common import (
-    block_rows,
-    check_channels,
-    check_device_dtype,
-    check_param,
-    f32_param,
-    param_grad,
-)
+from napari_lightm.model.ops.norms import _common as common
 
 
 @triton.jit
@@ -169,7 +162,7 @@ def _ln_forward(a, t, scale, w32, b32, eps):
     bsz, length, c = a.shape
     rows = bsz * length
     block_c = pow2(c)
-    block_t = block_rows(LAUNCH.LN_FWD_TILE, block_c, rows)
+    block_t = common.block_rows(LAUNCH.LN_FWD_TILE, block_c, rows)
     dtype = a.dtype if t is None else torch.promote_types(a.dtype, t.dtype)
     y = torch.empty(bsz, length, c, device=a.device, dtype=dtype)
     mean = torch.empty(rows, device=a.device, dtype=torch.float32)
@@ -191,7 +184,7 @@ def _ln_backward(a, t, scale, w32, dy, mean, rstd, write_da, write_dt):
     bsz, length, c = a.shape
     rows = bsz * length
     block_c = pow2(c)
-    block_t = block_rows(LAUNCH.LN_BWD_TILE, block_c, rows)
+    block_t = common.block_rows(LAUNCH.LN_BWD_TILE, block_c, rows)
     tiles = triton.cdiv(rows, block_t)
     programs = min(tiles, max(1, int(LAUNCH.LN_BWD_PROGRAMS)))
     per_prog = triton.cdiv(tiles, programs)
@@ -219,7 +212,7 @@ def _ln_backward(a, t, scale, w32, dy, mean, rstd, write_da, write_dt):
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        w32, b32 = f32_param(weight), f32_param(bias)
+        w32, b32 = common.f32_param(weight), common.f32_param(bias)
         y, mean, rstd = _ln_forward(x, None, None, w32, b32, eps)
         ctx.save_for_backward(x, w32, mean, rstd)
         ctx.params = (weight, bias)
@@ -233,14 +226,14 @@ class _LayerNorm(torch.autograd.Function):
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
         dx, _, dw, db, _ = _ln_backward(x, None, None, w32, dy, mean, rstd,
                                         ctx.needs_input_grad[0], False)
-        return (dx, param_grad(dw, weight, ctx.needs_input_grad[1]),
-                param_grad(db, bias, ctx.needs_input_grad[2]), None)
+        return (dx, common.param_grad(dw, weight, ctx.needs_input_grad[1]),
+                common.param_grad(db, bias, ctx.needs_input_grad[2]), None)
 
 
 class _ResidualLayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, t, scale, weight, bias, eps):
-        w32, b32 = f32_param(weight), f32_param(bias)
+        w32, b32 = common.f32_param(weight), common.f32_param(bias)
         s32 = scale.detach().float().reshape(1)
         y, mean, rstd = _ln_forward(a, t, s32, w32, b32, eps)
         ctx.save_for_backward(a, t, s32, w32, mean, rstd)
@@ -255,16 +248,16 @@ class _ResidualLayerNorm(torch.autograd.Function):
         need = ctx.needs_input_grad
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
         da, dt, dw, db, ds = _ln_backward(a, t, s32, w32, dy, mean, rstd, need[0], need[1])
-        return (da, dt, param_grad(ds, scale, need[2]), param_grad(dw, weight, need[3]),
-                param_grad(db, bias, need[4]), None)
+        return (da, dt, common.param_grad(ds, scale, need[2]),
+                common.param_grad(dw, weight, need[3]), common.param_grad(db, bias, need[4]), None)
 
 
 def _check_ln_tokens(name: str, x: torch.Tensor, weight, bias) -> None:
     """The LayerNorm entries' shared checks of tokens ``x [..., C]`` and ``weight, bias``."""
     c = x.shape[-1]
-    check_channels(c)
-    check_param("weight", weight, c, x.device)
-    check_param("bias", bias, c, x.device)
+    common.check_channels(c)
+    common.check_param("weight", weight, c, x.device)
+    common.check_param("bias", bias, c, x.device)
     if x.numel() == 0:
         raise ValueError(f"{name} is empty: {tuple(x.shape)}")
 
@@ -287,7 +280,7 @@ def layer_norm(
         ``y`` of ``x``'s shape and dtype, contiguous. Statistics are float32. Differentiable
         with respect to ``x``, ``weight`` and ``bias``.
     """
-    check_device_dtype("x", x)
+    common.check_device_dtype("x", x)
     if x.ndim < 1:
         raise ValueError("x must have a channel axis, got a 0-d tensor")
     _check_ln_tokens("x", x, weight, bias)
@@ -319,8 +312,8 @@ def residual_layer_norm(
         ``y`` ``[..., C]``, contiguous. Differentiable with respect to ``a``, ``t``,
         ``scale``, ``weight`` and ``bias``; backward recomputes ``a + scale * t``.
     """
-    check_device_dtype("a", a)
-    check_device_dtype("t", t)
+    common.check_device_dtype("a", a)
+    common.check_device_dtype("t", t)
     if a.shape != t.shape:
         raise ValueError(f"a and t must have the same shape, got {tuple(a.shape)}, "
                          f"{tuple(t.shape)}")

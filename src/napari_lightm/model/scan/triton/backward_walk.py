@@ -1,5 +1,6 @@
-"""The walk backward (``LAUNCH.Scan.WALK_BWD``, off by default): all gradients of a super-chunk
-as two token walks per chunk, the states in-thread and the channels on the lanes (Triton).
+"""The walk backward (``Scan.WALK_BWD`` in ``ops/launch.py``, off by default): all gradients of
+a super-chunk as two token walks per chunk, the states in-thread and the channels on the
+lanes (Triton). The adjoints at the super-chunk starts come from ``backward``'s pass.
 """
 
 from __future__ import annotations
