@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks._results when run as a script
 
 from benchmarks._results import load_note, record, timed  # noqa: E402
-from napari_lightm.model.scan import BACKENDS, available_backends  # noqa: E402
+from napari_lightm.model.scan import BACKENDS, ScanArgs, available_backends  # noqa: E402
 
 # (E, L), batch 1: the four shapes, then a short one where the reference's
 # backward is affordable
@@ -52,7 +52,8 @@ def scan_inputs(e: int, length: int, seed: int = 0) -> list[torch.Tensor]:
 
 def forward(backend: str, inputs: list[torch.Tensor]):
     fn = BACKENDS[backend].load()
-    return lambda: fn(*inputs, True)
+    args = ScanArgs(*inputs, delta_softplus=True)
+    return lambda: fn(args)
 
 
 def forward_backward(backend: str, inputs: list[torch.Tensor]):
@@ -63,7 +64,7 @@ def forward_backward(backend: str, inputs: list[torch.Tensor]):
     def step():
         for t in leaves:
             t.grad = None
-        (fn(*leaves, True) * grad_out).sum().backward()
+        (fn(ScanArgs(*leaves, delta_softplus=True)) * grad_out).sum().backward()
 
     return step
 

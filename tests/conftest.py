@@ -54,10 +54,15 @@ def interpreted_module(request):
     """A private copy of the Triton kernel module at the test module's ``INTERPRETED_SOURCE``
     (a path below the repository root), its kernels running in Triton's interpreter.
 
+    A package folder is copied whole: its ``__init__`` and every module in it, which import
+    each other relatively (the copy's ``.name`` attributes).
+
     Skips with CUDA present (the switch is process-wide; tests marked gpu check the compiled
     kernels there) and when triton was imported earlier without ``TRITON_INTERPRET=1``.
     """
+    import importlib
     import importlib.util
+    import sys
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present: the gpu-marked tests check the compiled kernels")
@@ -74,10 +79,21 @@ def interpreted_module(request):
                     "run this file on its own")
     source = REPO / request.module.INTERPRETED_SOURCE
     name = "_interpreted_" + source.stem
-    spec = importlib.util.spec_from_file_location(name, source)
+    if source.is_dir():
+        spec = importlib.util.spec_from_file_location(
+            name, source / "__init__.py", submodule_search_locations=[str(source)])
+    else:
+        spec = importlib.util.spec_from_file_location(name, source)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # relative imports inside the copy resolve through it
     spec.loader.exec_module(module)
+    if source.is_dir():
+        for path in sorted(source.glob("*.py")):
+            if path.stem != "__init__":
+                importlib.import_module(f"{name}.{path.stem}")
     yield module
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
     mp.undo()
 
 
