@@ -5,7 +5,7 @@ forwards" below): parameters, buffers, the module tree and the state dict are un
 and ``enabled=False`` restores the plain classes. The engine turns the fast path on for
 models on CUDA (:func:`enable_fast_path`).
 
-Why (profiles: ``benchmarks/gpu/profile_gpu.py``, tables in ``benchmarks/RESULTS.md``): with
+Why (profiles: ``benchmarks/gpu/profile_gpu.py``, tables in ``docs/benchmarks.md``): with
 plain modules GroupNorm's statistics kernel (one thread block per (sample, group)) and
 LayerNorm over C=32..256 take a large share of inference; the fused kernels do each in one
 pass near memory bandwidth, and CUDA graphs remove the Python launch cost that then

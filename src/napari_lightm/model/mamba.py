@@ -129,7 +129,7 @@ class Mamba(nn.Module):
         dt, b, c = self.x_proj(x).split([r, n, n], dim=-1)
         a = -torch.exp(self.A_log.float())
         # delta is formed here by one GEMM, not inside the scan: fusing dt_proj into the
-        # triton scan is slower (benchmarks/RESULTS.md, "scan in the mixer's layout")
+        # triton scan is slower (docs/benchmarks.md, "GPU kernel launch settings")
         delta = F.linear(dt, self.dt_proj.weight)  # bias + softplus happen in the scan
         y = _scan(x, delta, a, b, c, self.D.float(), z, self.dt_proj.bias.float(),
                   self.scan_backend)

@@ -2,8 +2,9 @@
 
 The kernels read these at launch time (``launch.Conv1d.FWD_WARPS``...), so a benchmark or a
 test can set them for a sweep and restore them. Each class names the sweep that chose its
-values: a section of ``benchmarks/gpu/bench_gpu.py`` and the table it records in
-``benchmarks/RESULTS.md`` (the measurements live there, not here).
+values: a section of ``benchmarks/gpu/bench_gpu.py`` and its table on the benchmark page,
+``docs/benchmarks.md``, section "GPU kernel launch settings" (the measurements live there,
+not here).
 
 A tile of ``BLOCK_*`` sizes is clipped at launch to the next power of two of the
 dimension it covers, so small inputs get small tiles.
@@ -16,10 +17,10 @@ class Scan:
     """The selective scan (``scan/triton/``).
 
     Forward alone (``INFER_CHUNK``, ``FWD_*``): the fastest of bench_gpu.py's "triton
-    sweep" (``triton_sweep``; RESULTS.md "GPU: triton scan settings, E=64, L=2,097,152").
+    sweep" (``triton_sweep``; docs/benchmarks.md "GPU kernel launch settings").
     With a backward pass (``DEFAULT_CHUNK``, ``BWD_*``, ``ADJ_*``, ``STATES_*``, ``WALK_*``):
     its "backward launch settings" sweep at the train step's batch of 2 (``backward_sweep``;
-    RESULTS.md "GPU: triton scan backward settings, Bt=2, E=64, L=2,097,152 (fwd+bwd)"); the
+    docs/benchmarks.md "GPU kernel launch settings"); the
     adjoint pass and the state-keeping forward measured alike over their settings and keep
     the forward's.
     """
@@ -56,8 +57,8 @@ class Scan:
 class Conv1d:
     """Causal depthwise conv1d + SiLU (``ops/conv1d/triton.py``).
 
-    The fastest of bench_gpu.py's "fused kernels" sweep (``kernel_timings``; RESULTS.md
-    "GPU: fused kernels vs torch at the 128^3 level (fp32)"), L=2,097,152, E=64.
+    The fastest of bench_gpu.py's "fused kernels" sweep (``kernel_timings``; docs/benchmarks.md
+    "GPU kernel launch settings"), L=2,097,152, E=64.
     """
 
     FWD_BLOCK_L = 64  # tokens per forward program
@@ -78,7 +79,7 @@ class Norms:
     A tile is ``BLOCK_T`` rows/tokens x ``BLOCK_C = next_pow2(C)`` channels with
     ``BLOCK_T = TILE // BLOCK_C`` (rounded down to a power of two, at least 1). The
     LayerNorm forward settings are the fastest of bench_gpu.py's "fused kernels" sweep
-    (``kernel_timings``; RESULTS.md "GPU: fused kernels vs torch at the 128^3 level (fp32)",
+    (``kernel_timings``; docs/benchmarks.md "GPU kernel launch settings",
     L=2,097,152, C=32); the GroupNorm sweep there had no stable winner, and the backward
     tiles are not swept.
     """
