@@ -305,7 +305,7 @@ def test_demo_runs_the_whole_loop(setup, qtbot, monkeypatch):
 
     viewer, widget, layer = setup
     monkeypatch.setattr(_demo, "DEMO_SHAPE", SHAPE)
-    monkeypatch.setattr(_demo, "DEMO_SECONDS", 3)
+    monkeypatch.setattr(_demo, "DEMO_STEPS", 3)
     widget.demo_button.click()
     # fine-tune, then "segment unreviewed" starts by itself
     qtbot.waitUntil(lambda: widget.runner.name == "segment unreviewed", timeout=WAIT_MS)
