@@ -206,8 +206,12 @@ class LightMWidget(QWidget):
             "cancel": self.cancel_button,
         }
         # the panel's own connection starts without checking for a model: ours says what to do
-        self.finetune.finetune_button.clicked.disconnect(self.finetune.start)
-        buttons["finetune"] = self.finetune.finetune_button
+        try:
+            self.finetune.finetune_button.clicked.disconnect(self.finetune.start)
+        except (TypeError, RuntimeError):  # wired otherwise: leave the panel's connection
+            pass
+        else:
+            buttons["finetune"] = self.finetune.finetune_button
         for action, button in buttons.items():
             button.clicked.connect(lambda _checked=False, a=action: actions[a]())
         self.save_session_button.clicked.connect(self._on_save_session)
