@@ -16,6 +16,7 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFrame,
     QGroupBox,
@@ -32,7 +33,7 @@ from napari_lightm import __version__
 from napari_lightm._napari import _keybindings as keys
 from napari_lightm._napari._click import ClickController
 from napari_lightm._napari._finetune_panel import FinetunePanel
-from napari_lightm._napari._model_panel import CORE_ERRORS, ModelPanel
+from napari_lightm._napari._model_panel import CORE_ERRORS, NO_MODEL, ModelPanel
 from napari_lightm._napari._review import (
     IMAGE_ID_KEY,
     IMAGE_KEY,
@@ -87,6 +88,22 @@ class LightMWidget(QWidget):
         self.image_picker = QComboBox()
         self.image_picker.setToolTip("the image to segment")
         row.addWidget(self.image_picker, 1)
+        layout.addLayout(row)
+        # pixel spacing: read from the file, else estimated for the model and editable
+        row = QHBoxLayout()
+        row.addWidget(QLabel("spacing:"))
+        self.spacing = QDoubleSpinBox()
+        self.spacing.setDecimals(4)
+        self.spacing.setRange(0.0, 100.0)
+        self.spacing.setSingleStep(0.01)
+        self.spacing.setSuffix(" mm/px")
+        self.spacing.setSpecialValueText("unknown")  # shown at 0: never a silent 1 mm
+        self.spacing.setKeyboardTracking(False)  # one edit when typing ends, not per key
+        self.spacing.setToolTip("in-plane pixel spacing the model is given for this image")
+        row.addWidget(self.spacing)
+        self.spacing_note = QLabel("")
+        self.spacing_note.setWordWrap(True)
+        row.addWidget(self.spacing_note, 1)
         layout.addLayout(row)
 
         self.model = ModelPanel()
@@ -175,7 +192,7 @@ class LightMWidget(QWidget):
             "click_mode": lambda: self._guard_io(self.enter_click_mode),
             "toggle_polarity": self.clicks.toggle,
             "mark_reviewed": lambda: self._guard_io(self.mark_current_reviewed),
-            "finetune": lambda: self._guard(self.finetune.start),
+            "finetune": lambda: self._guard(self.start_finetune),
             "cancel": self.runner.cancel,
         }
         buttons = {
@@ -188,6 +205,13 @@ class LightMWidget(QWidget):
             "mark_reviewed": self.mark_button,
             "cancel": self.cancel_button,
         }
+        # the panel's own connection starts without checking for a model: ours says what to do
+        try:
+            self.finetune.finetune_button.clicked.disconnect(self.finetune.start)
+        except (TypeError, RuntimeError):  # wired otherwise: leave the panel's connection
+            pass
+        else:
+            buttons["finetune"] = self.finetune.finetune_button
         for action, button in buttons.items():
             button.clicked.connect(lambda _checked=False, a=action: actions[a]())
         self.save_session_button.clicked.connect(self._on_save_session)
@@ -196,12 +220,15 @@ class LightMWidget(QWidget):
         self.runner.busy_changed.connect(self._on_busy)
         self.image_picker.currentIndexChanged.connect(lambda _i: self._on_image_picked())
         self.review_strip.slice_clicked.connect(self._go_to_slice)
-        self.model.model_changed.connect(lambda _seg: self.refresh_review())
+        self.model.model_changed.connect(lambda _seg: self._on_model_changed())
+        self.spacing.valueChanged.connect(self._on_spacing_edited)
         events = self.viewer.layers.events
         for emitter, callback in (
             (events.inserted, self._on_layers_changed),
+            (events.inserted, self._on_layer_inserted),
             (events.removed, self._on_layers_changed),
             (events.reordered, self._on_layers_changed),
+            (self.viewer.layers.selection.events.active, self._on_active_layer),
             (self.viewer.dims.events.current_step, self._on_step),
         ):
             self._listen(emitter, callback)
@@ -233,6 +260,7 @@ class LightMWidget(QWidget):
             self.finetune.finetune_button,
             self.finetune.unreviewed_button,
             self.demo_button,
+            self.model.pretrained_button,
             self.model.new_button,
             self.model.load_button,
             self.model.recent_button,
@@ -253,6 +281,39 @@ class LightMWidget(QWidget):
             layer.metadata.get(IMAGE_ID_KEY) or layer.metadata.get(IMAGE_KEY)
         ):
             self.tracker.track(layer)
+
+    def _on_layer_inserted(self, event=None) -> None:
+        """A newly opened image becomes the picked one."""
+        from napari.layers import Image
+
+        layer = getattr(event, "value", None)
+        if self.is_open and isinstance(layer, Image):
+            self.set_image(layer)
+
+    def _on_active_layer(self, event=None) -> None:
+        """The picker follows the layer the user selects: an image, or the image that a
+        selected Labels layer belongs to."""
+        from napari.layers import Image, Labels
+
+        if not self.is_open:
+            return
+        layer = self.viewer.layers.selection.active
+        if isinstance(layer, Labels):
+            uid = layer.unique_id  # layers may come wrapped in proxies: compare identities
+            layer = next(
+                (
+                    image
+                    for image in self.image_layers()
+                    if getattr(find_labels(self.viewer, image), "unique_id", None) == uid
+                ),
+                None,
+            )
+        if isinstance(layer, Image):
+            self.set_image(layer)
+
+    def _on_model_changed(self) -> None:
+        self.refresh_spacing()
+        self.refresh_review()
 
     def _on_step(self, event=None) -> None:
         self.refresh_review()
@@ -287,16 +348,61 @@ class LightMWidget(QWidget):
         self.refresh_images()
 
     def _on_image_picked(self) -> None:
-        """Offer the picked image's classes and modality for a new model."""
+        """Offer the picked image's classes and modality for a new model while no model is
+        loaded (a loaded model's own dimensions and classes stay shown)."""
         image = self.current_image()
-        if image is not None:
+        if image is not None and self.model.segmenter is None:
             names = image.metadata.get("class_names")
             if names:
                 self.model.classes.setText(", ".join(n for n in names if n != "background"))
             modality = (image.metadata.get("geometry") or {}).get("modality", "")
             self.model.modality_hint = modality if modality in ("CT", "MR", "XR") else "CT"
             self.model.dims.setCurrentText("3D" if image.data.ndim == 3 else "2D")
+        self.refresh_spacing()
         self.refresh_review()
+
+    # --- pixel spacing ------------------------------------------------------------
+    def refresh_spacing(self) -> None:
+        """Show the picked image's pixel spacing: from its file (read only), else the
+        model's estimate or what the user typed (editable), with a note."""
+        from napari_lightm._napari._segment import spacing_state
+
+        if not self.is_open:
+            return
+        image = self.current_image()
+        self.spacing.blockSignals(True)
+        try:
+            if image is None:
+                self.spacing.setValue(0.0)
+                self.spacing.setEnabled(False)
+                self.spacing_note.setText("")
+                return
+            state = spacing_state(image, self.model.segmenter)
+            self.spacing.setValue(state.value or 0.0)
+            self.spacing.setEnabled(state.editable)
+            self.spacing.setReadOnly(not state.editable)
+            self.spacing_note.setText(state.note)
+            self.spacing_note.setToolTip(state.note)
+        finally:
+            self.spacing.blockSignals(False)
+
+    def set_spacing(self, spacing_mm: float, image_layer=None) -> None:
+        """Use ``spacing_mm`` (mm per pixel, in-plane) for an image without a spacing of its
+        own (default: the picked one): what Segment, Click and Fine-tune give the model."""
+        from napari_lightm._napari._segment import set_layer_spacing, spacing_state
+
+        layer = image_layer or self.current_image()
+        if layer is None:
+            raise ValueError("open an image first")
+        if not spacing_state(layer, self.model.segmenter).editable:
+            raise ValueError(f"'{layer.name}' has a pixel spacing from its file; it stays")
+        set_layer_spacing(self.viewer, layer, spacing_mm)
+        if layer is self.current_image():
+            self.refresh_spacing()
+
+    def _on_spacing_edited(self, value: float) -> None:
+        if value > 0:
+            self._guard_io(self.set_spacing, value)
 
     def current_image(self):
         """The picked Image layer (None when no image is open)."""
@@ -327,6 +433,17 @@ class LightMWidget(QWidget):
         if layer is not None:
             self.tracker.track(layer)
         return layer
+
+    # --- fine-tune ----------------------------------------------------------------
+    def start_finetune(self) -> bool:
+        """Fine-tune the current model on the truth of the open images (the panel's run);
+        without a model, say how to get one."""
+        if self.model.segmenter is None:
+            from napari.utils.notifications import show_error
+
+            show_error(NO_MODEL)
+            return False
+        return self.finetune.start()
 
     # --- review -------------------------------------------------------------------
     def current_slice(self) -> int:
