@@ -90,6 +90,7 @@ def add_component(widget: LightMWidget, image_layer, index, region, prediction) 
         show_info("the model predicts background under the click: nothing added")
         return 0
     labels = ensure_labels(widget.viewer, image_layer, len(widget.model.segmenter.class_names))
+    labels.metadata["class_names"] = list(widget.model.segmenter.class_names)
     comp = component_at(prediction == cls, rel)
     disc = click_disc(labels.data.shape, index, region)
     values = np.full(prediction.shape, cls, dtype=labels.data.dtype)

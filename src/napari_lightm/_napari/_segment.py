@@ -287,6 +287,8 @@ def apply_predictions(widget: LightMWidget, jobs: list[Job], predictions) -> int
         if job.image_layer not in widget.viewer.layers:  # removed while the job ran
             continue
         labels = ensure_labels(widget.viewer, job.image_layer, n_classes)
+        if seg is not None:  # the names a DICOM-SEG export gives its segments
+            labels.metadata["class_names"] = list(seg.class_names)
         widget.tracker.track(labels)
         changed += widget.tracker.write(labels, prediction, region=job.write)
         labels.refresh()
