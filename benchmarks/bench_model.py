@@ -8,7 +8,8 @@ about a minute (small inputs; see ``--reference``).
     python benchmarks/bench_model.py           # the issue's cases
     python benchmarks/bench_model.py --quick   # smoke run: small inputs, not recorded
 
-Records the table in ``benchmarks/RESULTS.md`` through ``benchmarks/_results.py:record``.
+Records the table through ``benchmarks/_results.py:record`` (a JSON line in the ignored
+``benchmarks/results/``); the current tables are in ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations

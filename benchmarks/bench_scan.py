@@ -8,7 +8,8 @@ process, so the speed-up column compares like with like even on a shared machine
     python benchmarks/bench_scan.py           # the four shapes of issue 3
     python benchmarks/bench_scan.py --quick   # smoke run: short sequences, not recorded
 
-Records the table in ``benchmarks/RESULTS.md`` through ``benchmarks/_results.py:record``.
+Records the table through ``benchmarks/_results.py:record`` (a JSON line in the ignored
+``benchmarks/results/``); the current tables are in ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks._results when run as a script
 
 from benchmarks._results import load_note, record, timed  # noqa: E402
-from napari_lightm.model.scan import BACKENDS, available_backends  # noqa: E402
+from napari_lightm.model.scan import BACKENDS, ScanArgs, available_backends  # noqa: E402
 
 # (E, L), batch 1: the issue's four shapes, then a short one where the reference's
 # backward is affordable
@@ -51,7 +52,8 @@ def scan_inputs(e: int, length: int, seed: int = 0) -> list[torch.Tensor]:
 
 def forward(backend: str, inputs: list[torch.Tensor]):
     fn = BACKENDS[backend].load()
-    return lambda: fn(*inputs, True)
+    args = ScanArgs(*inputs, delta_softplus=True)
+    return lambda: fn(args)
 
 
 def forward_backward(backend: str, inputs: list[torch.Tensor]):
@@ -62,7 +64,7 @@ def forward_backward(backend: str, inputs: list[torch.Tensor]):
     def step():
         for t in leaves:
             t.grad = None
-        (fn(*leaves, True) * grad_out).sum().backward()
+        (fn(ScanArgs(*leaves, delta_softplus=True)) * grad_out).sum().backward()
 
     return step
 

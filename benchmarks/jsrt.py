@@ -14,8 +14,9 @@ GPU default: 1200 steps x batch 16 (the light config trains at ~5 steps/s at bat
 on an H200 with the triton scan; 1200 steps leave room for data loading and the
 evaluation on an H100 within ~6-7 minutes).
 
-Prints per-lung Dice / HD95 and the mean lung Dice on fold 2, and records them in
-``benchmarks/RESULTS.md`` through ``benchmarks/_results.py:record``.
+Prints per-lung Dice / HD95 and the mean lung Dice on fold 2, and records them through
+``benchmarks/_results.py:record`` (a JSON line in the ignored ``benchmarks/results/``; the
+current table is in ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="CPU smoke run (few steps, 8 test cases)")
     p.add_argument("--test-cases", type=int, default=None, help="limit fold 2 (default: all)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint folder (default: temp)")
-    p.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    p.add_argument("--no-record", action="store_true", help="print only, do not record the result")
     args = p.parse_args(argv)
 
     from napari_lightm.engine import pick_device

@@ -1,4 +1,5 @@
-"""Shared fixtures: the data folder (skips when absent) and GPU/napari availability."""
+"""Shared fixtures: the data folder (skips when absent), GPU/napari availability, and a
+temporary plugin home for every test (nothing is written under the real home folder)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,17 @@ if not torch.cuda.is_available():
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIGHTM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def lightm_home(tmp_path_factory, monkeypatch) -> Path:
+    """The plugin's home (``NAPARI_LIGHTM_HOME``) and model folder (``NAPARI_LIGHTM_MODELS``)
+    in a temporary folder, for every test: the widget, autosaves and the model store
+    would otherwise write ``~/.napari-lightm``. Tests may point them elsewhere."""
+    home = tmp_path_factory.mktemp("lightm-home")
+    monkeypatch.setenv("NAPARI_LIGHTM_HOME", str(home))
+    monkeypatch.setenv("NAPARI_LIGHTM_MODELS", str(home / "models"))
+    return home
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +54,15 @@ def interpreted_module(request):
     """A private copy of the Triton kernel module at the test module's ``INTERPRETED_SOURCE``
     (a path below the repository root), its kernels running in Triton's interpreter.
 
+    A package folder is copied whole: its ``__init__`` and every module in it, which import
+    each other relatively (the copy's ``.name`` attributes).
+
     Skips with CUDA present (the switch is process-wide; tests marked gpu check the compiled
     kernels there) and when triton was imported earlier without ``TRITON_INTERPRET=1``.
     """
+    import importlib
     import importlib.util
+    import sys
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present: the gpu-marked tests check the compiled kernels")
@@ -62,14 +79,30 @@ def interpreted_module(request):
                     "run this file on its own")
     source = REPO / request.module.INTERPRETED_SOURCE
     name = "_interpreted_" + source.stem
-    spec = importlib.util.spec_from_file_location(name, source)
+    if source.is_dir():
+        spec = importlib.util.spec_from_file_location(
+            name, source / "__init__.py", submodule_search_locations=[str(source)])
+    else:
+        spec = importlib.util.spec_from_file_location(name, source)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # relative imports inside the copy resolve through it
     spec.loader.exec_module(module)
+    if source.is_dir():
+        for path in sorted(source.glob("*.py")):
+            if path.stem != "__init__":
+                importlib.import_module(f"{name}.{path.stem}")
     yield module
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
     mp.undo()
 
 
 def pytest_collection_modifyitems(config, items):
+    if any("gui" in item.keywords for item in items):
+        # the model (and Triton with it, importable here for the kernel tests) loads
+        # before any test makes a viewer: Triton loaded after napari's OpenGL canvas
+        # crashes the process under Xvfb, whichever subset of tests runs
+        import napari_lightm.model  # noqa: F401
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")

@@ -175,12 +175,12 @@ def test_bench_prints_a_timing(capsys):
     "argv, message",
     [
         (["predict", "{model}", "{missing}", "{tmp}"], "not found"),
-        (["predict", "{missing}", "{tmp}", "{tmp}"], "checkpoint not found"),
+        (["predict", "{missing}", "{tmp}", "{tmp}/out"], "no checkpoint file or folder"),
         (["predict", "{model}", "{bad_image}", "{tmp}/o.nii.gz"], "bad.nii.gz"),
         (["train", "{missing}", "{tmp}"], "dataset folder not found"),
-        (["evaluate", "{missing}", "{tmp}"], "folder not found"),
+        (["evaluate", "{missing}", "{tmp}"], "not found: "),
         (["bench", "--shape", "8,8,8,8"], "2 or 3 sizes"),
-        (["predict", "{model}", "{tmp}", "{tmp}", "--device", "cuda:7"], "device"),
+        (["predict", "{model}", "{tmp}", "{tmp}/out", "--device", "cuda:7"], "device"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(model_path, tmp_path, capsys, argv, message):

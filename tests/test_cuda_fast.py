@@ -11,9 +11,8 @@ from napari_lightm.model.cuda_fast import (
     enable_fast_norms,
     enable_rvm_checkpointing,
     fastest_scan_backend,
-    group_norm,
-    layer_norm_tokens,
 )
+from napari_lightm.model.ops.norms.var_mean import group_norm, layer_norm_tokens
 from napari_lightm.model.scan import resolve_backend
 
 

@@ -1,18 +1,18 @@
-"""Issue 2: the widget docks through the npe2 manifest in a real viewer under Xvfb."""
+"""The widget docks through the npe2 manifest in a real viewer under Xvfb.
+
+The screenshot goes to a temporary folder: ``docs/make_screenshots.py`` makes the
+documentation's pictures; tests never write tracked files.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.gui
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
 
-
-def test_dock_through_manifest_and_screenshot(make_napari_viewer_proxy, qtbot):
+def test_dock_through_manifest_and_screenshot(make_napari_viewer_proxy, qtbot, tmp_path):
     from napari_lightm._napari._widget import LightMWidget
     from napari_lightm.io.phantoms import ct_phantom
 
@@ -36,8 +36,7 @@ def test_dock_through_manifest_and_screenshot(make_napari_viewer_proxy, qtbot):
     assert not widget.model.cpu_notice.isHidden()
 
     viewer.reset_view()
-    DOCS.mkdir(exist_ok=True)
-    path = DOCS / "screenshot_widget.png"
+    path = tmp_path / "screenshot_widget.png"
     # a full-window grab first: with show=False the first canvas-only grab comes back black
     shot = viewer.screenshot(path=str(path), canvas_only=False, flash=False)
     assert shot.ndim == 3 and shot.shape[-1] == 4

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from napari_lightm.io.geometry import Geometry, resample
+from napari_lightm.io.geometry import Geometry, GeometryError, resample
 
 OBLIQUE = tuple(Rotation.from_euler("xyz", [20, -35, 50], degrees=True).as_matrix().ravel())
 FLIPPED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # RAS-stored data seen in LPS
@@ -71,18 +71,87 @@ def test_dict_round_trip_is_json(name):
     assert again == geometry
 
 
+NAN = float("nan")
+SHEAR = (1.0, 0.5, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"spacing": (1.0, 0.0, 1.0)},
-        {"spacing": (1.0, float("nan"))},
-        {"spacing": (1.0, 1.0), "origin": (0.0, 0.0, 0.0)},
-        {"spacing": (1.0, 1.0), "direction": (1.0, 0.0, 0.0)},
+        ({"spacing": (1.0, 0.0, 1.0)}, "spacing must be positive"),
+        ({"spacing": (1.0, -0.5)}, "spacing must be positive"),
+        ({"spacing": (1.0, NAN)}, "spacing must be positive and finite"),
+        ({"spacing": (1.0, float("inf"))}, "spacing must be positive and finite"),
+        ({"spacing": (1.0, 1.0), "origin": (0.0, 0.0, 0.0)}, "inconsistent"),
+        ({"spacing": (1.0, 1.0), "direction": (1.0, 0.0, 0.0)}, "inconsistent"),
+        ({"spacing": (1.0, 1.0), "origin": (NAN, 0.0)}, "origin must be finite"),
+        ({"spacing": (1.0, 1.0), "origin": (0.0, float("-inf"))}, "origin must be finite"),
+        ({"spacing": (1.0, 1.0), "direction": (1.0, NAN, 0.0, 1.0)}, "direction must be fin"),
+        ({"spacing": (1.0, 1.0, 1.0), "direction": SHEAR}, "not a rotation or flip"),
+        ({"spacing": (1.0, 1.0), "direction": (2.0, 0.0, 0.0, 2.0)}, "not a rotation or flip"),
+        ({"spacing": (1.0, 1.0), "direction": (0.0, 0.0, 0.0, 0.0)}, "not a rotation or flip"),
+        ({"spacing": ("a", 1.0)}, "not numbers"),
+        ({"spacing": None}, "not numbers"),
+        ({"spacing": "123"}, "not numbers"),
+        ({"spacing": ()}, "without spacing"),
     ],
 )
-def test_inconsistent_geometry_is_refused(kwargs):
-    with pytest.raises(ValueError):
+def test_invalid_geometry_is_refused(kwargs, message):
+    with pytest.raises(GeometryError, match=message) as err:
         Geometry(**kwargs)
+    assert isinstance(err.value, ValueError) and "\n" not in str(err.value)
+
+
+def test_header_rounding_of_the_direction_is_accepted():
+    """Directions stored as float32 (NIfTI) or short decimals (DICOM) are not exactly
+    orthonormal; a tolerance far above their rounding keeps them readable."""
+    rounded = tuple(round(v, 5) for v in OBLIQUE)
+    assert Geometry((1.0, 1.0, 1.0), direction=rounded).direction == rounded
+    as_float32 = tuple(float(v) for v in np.float32(OBLIQUE))
+    Geometry((1.0, 1.0, 1.0), direction=as_float32)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda d: d.update(spacing=[1.0, "nan"]), "spacing must be positive and finite"),
+        (lambda d: d.update(spacing=[0.0, 1.0]), "spacing must be positive"),
+        (lambda d: d.update(origin=[None, 1.0]), "not numbers"),
+        (lambda d: d.update(direction=[0.0, 1.0, 1.0, 0.1]), "not a rotation or flip"),
+        (lambda d: d.update(direction={"a": 1}), "not numbers"),
+        (lambda d: d.pop("spacing"), "without spacing"),
+        (lambda d: d.update(modality=5), "modality must be text"),
+        (lambda d: d.update(extra=[1, 2]), "extra must be a mapping"),
+    ],
+    ids=[
+        "nan",
+        "zero",
+        "origin None",
+        "sheared",
+        "direction dict",
+        "no spacing",
+        "modality",
+        "extra",
+    ],
+)
+def test_tampered_metadata_is_refused_by_from_dict(tamper, message):
+    d = json.loads(json.dumps(GEOMETRIES["rotated 2D"].to_dict()))
+    tamper(d)
+    with pytest.raises(GeometryError, match=message):
+        Geometry.from_dict(d)
+
+
+@pytest.mark.parametrize("bad", [None, [1.0, 1.0], "spacing"])
+def test_from_dict_of_something_else_is_refused(bad):
+    with pytest.raises(GeometryError, match="mapping"):
+        Geometry.from_dict(bad)
+
+
+def test_validate_catches_fields_reassigned_after_construction():
+    geometry = Geometry((1.0, 1.0))
+    geometry.origin = (float("nan"), 0.0)
+    with pytest.raises(GeometryError, match="origin must be finite"):
+        geometry.validate()
 
 
 def test_warn_records_and_logs(caplog):

@@ -13,16 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from napari_lightm.model.ops.launch import Conv1d
+
 if importlib.util.find_spec("triton") is None:
     pytest.skip("Triton is not installed", allow_module_level=True)
 
 # the kernels the interpreted_module fixture (conftest.py) loads
-INTERPRETED_SOURCE = "src/napari_lightm/model/kernels/conv.py"
+INTERPRETED_SOURCE = "src/napari_lightm/model/ops/conv1d/triton.py"
 
 
 @pytest.fixture(scope="module")
 def kc(interpreted_module):
-    """A private copy of ``kernels.conv`` whose kernels run in Triton's interpreter."""
+    """A private copy of ``ops.conv1d.triton`` whose kernels run in Triton's interpreter."""
     return interpreted_module
 
 
@@ -31,7 +33,7 @@ def small_tiles(kc, monkeypatch):
     """Tiny tiles so that small shapes still span several token and channel blocks."""
     for name, value in (("FWD_BLOCK_L", 8), ("FWD_BLOCK_E", 4), ("BWD_BLOCK_L", 4),
                         ("BWD_BLOCK_E", 4)):
-        monkeypatch.setattr(kc, name, value)
+        monkeypatch.setattr(Conv1d, name, value)
     return kc
 
 
@@ -131,7 +133,7 @@ def test_default_tiles_with_e_not_a_power_of_two(kc):
                          ids=["1 group", "2 groups, last overruns", "1 block each"])
 def test_backward_token_groups(small_tiles, monkeypatch, min_programs, groups, per_prog):
     """Programs walking several token blocks (partial sums per group) give the same grads."""
-    monkeypatch.setattr(small_tiles, "BWD_MIN_PROGRAMS", min_programs)
+    monkeypatch.setattr(Conv1d, "BWD_MIN_PROGRAMS", min_programs)
     # L=18 with BWD_BLOCK_L=4 -> 5 token blocks; E=3 -> 1 channel block; B=1
     assert small_tiles._bwd_groups(5, 1) == (groups, per_prog)
     x, w, bias = make(1, 18, 3, 4, seed=5)
@@ -320,7 +322,7 @@ def test_cpu_tensors_need_the_interpreter(kc, monkeypatch):
 @pytest.mark.parametrize("activation", [True, False], ids=["silu", "plain"])
 def test_gpu_realistic_shape_against_torch(activation):
     """B=2, L=262144 (512^2 tokens), E=64, read as the mixer's split view of in_proj."""
-    from napari_lightm.model.kernels.conv import causal_conv1d_silu
+    from napari_lightm.model.ops.conv1d.triton import causal_conv1d_silu
 
     x, w, bias = make(2, 262144, 64, 4, seed=20, device="cuda")
     xz = torch.cat([x, torch.randn_like(x)], dim=-1)
@@ -341,7 +343,7 @@ def test_gpu_realistic_shape_against_torch(activation):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_half_inputs(dtype):
-    from napari_lightm.model.kernels.conv import causal_conv1d_silu
+    from napari_lightm.model.ops.conv1d.triton import causal_conv1d_silu
 
     x, w, bias = make(2, 262144, 64, 4, dtype=dtype, seed=21, device="cuda")
     y, y64, grads = grads_both(causal_conv1d_silu, x, w, bias)

@@ -12,15 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from napari_lightm.model.ops.launch import DWConv
+
 if importlib.util.find_spec("triton") is None:
     pytest.skip("Triton is not installed", allow_module_level=True)
 
-INTERPRETED_SOURCE = "src/napari_lightm/model/kernels/dwconv.py"
+INTERPRETED_SOURCE = "src/napari_lightm/model/ops/dwconv.py"
 
 
 @pytest.fixture(scope="module")
 def kd(interpreted_module):
-    """A private copy of ``kernels.dwconv`` whose kernels run in Triton's interpreter."""
+    """A private copy of ``ops.dwconv`` whose kernels run in Triton's interpreter."""
     return interpreted_module
 
 
@@ -28,7 +30,7 @@ def kd(interpreted_module):
 def small_tiles(kd, monkeypatch):
     """Tiny tiles so that small maps span several W and channel blocks."""
     for name, value in (("BLOCK_W", 4), ("BLOCK_C", 4), ("WGRAD_BLOCK_W", 4)):
-        monkeypatch.setattr(kd, name, value)
+        monkeypatch.setattr(DWConv, name, value)
     return kd
 
 
@@ -82,7 +84,7 @@ def test_forward_and_gradients_match_float64(small_tiles, shape):
                          ids=["one group of rows", "partial last group", "one row each"])
 def test_weight_gradient_row_groups(small_tiles, monkeypatch, min_programs):
     """Programs summing several rows (partial sums per group) give the same dweight."""
-    monkeypatch.setattr(small_tiles, "WGRAD_MIN_PROGRAMS", min_programs)
+    monkeypatch.setattr(DWConv, "WGRAD_MIN_PROGRAMS", min_programs)
     x, w = make((2, 3, 3, 4, 5), seed=4)  # 24 rows x 2 W blocks x 1 channel block
     _, _, grads = grads_both(small_tiles.depthwise_conv, x, w)
     for name, _, g, g64 in grads:
@@ -167,7 +169,7 @@ def test_cpu_tensors_need_the_interpreter(kd, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(2, 32, 64, 64, 64), (2, 16, 256, 256)], ids=["3D", "2D"])
 def test_gpu_realistic_shape_against_float64(shape):
-    from napari_lightm.model.kernels.dwconv import depthwise_conv
+    from napari_lightm.model.ops.dwconv import depthwise_conv
 
     x, w = make(shape, seed=20, device="cuda")
     y, y64, grads = grads_both(depthwise_conv, x, w)

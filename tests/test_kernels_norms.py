@@ -9,32 +9,42 @@ small shapes). The ``gpu`` tests run the compiled kernels at realistic sizes; ru
 from __future__ import annotations
 
 import importlib.util
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from napari_lightm.model.ops.launch import Norms
+
 if importlib.util.find_spec("triton") is None:
     pytest.skip("Triton is not installed", allow_module_level=True)
 
 # the kernels the interpreted_module fixture (conftest.py) loads
-INTERPRETED_SOURCE = "src/napari_lightm/model/kernels/norms.py"
+INTERPRETED_SOURCE = "src/napari_lightm/model/ops/norms"
 
 
 @pytest.fixture(scope="module")
 def nm_module(interpreted_module):
-    """A private copy of ``kernels.norms`` whose kernels run in Triton's interpreter."""
-    return interpreted_module
+    """The norms of a private copy of ``ops.norms`` whose kernels run in Triton's interpreter."""
+    return entry_points(interpreted_module.layer_norm_triton,
+                        interpreted_module.group_norm_triton)
+
+
+def entry_points(ln, gn) -> SimpleNamespace:
+    """The three Triton norms of the ``layer_norm_triton`` and ``group_norm_triton`` modules."""
+    return SimpleNamespace(layer_norm=ln.layer_norm, residual_layer_norm=ln.residual_layer_norm,
+                           group_norm_relu=gn.group_norm_relu)
 
 
 @pytest.fixture
 def nm(nm_module, monkeypatch):
-    """The interpreted module with tiny tiles (128 / 256 elements), 3 LN backward programs."""
+    """The interpreted norms with tiny tiles (128 / 256 elements), 3 LN backward programs."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the module checks it per call too
     for name in ("LN_FWD_TILE", "LN_BWD_TILE"):
-        monkeypatch.setattr(nm_module, name, 128)
-    monkeypatch.setattr(nm_module, "GN_TILE", 256)
-    monkeypatch.setattr(nm_module, "LN_BWD_PROGRAMS", 3)
+        monkeypatch.setattr(Norms, name, 128)
+    monkeypatch.setattr(Norms, "GN_TILE", 256)
+    monkeypatch.setattr(Norms, "LN_BWD_PROGRAMS", 3)
     return nm_module
 
 
@@ -309,7 +319,7 @@ def test_group_norm_relu_half_inputs(nm, dtype):
 
 def test_group_norm_single_block_and_batch_one(nm, monkeypatch):
     """Default tile size (one block holds every token), batch 1."""
-    monkeypatch.setattr(nm, "GN_TILE", 4096)
+    monkeypatch.setattr(Norms, "GN_TILE", 4096)
     x = feature_map((1, 16, 4, 6), "rvm", seed=25)
     x_, (x64,) = leaves(x)[0], leaves(x, dtype=torch.float64)
     y = nm.group_norm_relu(x_, 2, None, None, 1e-5)
@@ -365,9 +375,9 @@ def nm_gpu():
     if isinstance(tl.standard.sum, InterpretedFunction):
         pytest.skip("triton runs in interpreter mode in this session; run "
                     "`pytest -m gpu tests/test_kernels_norms.py`")
-    from napari_lightm.model.kernels import norms
+    from napari_lightm.model.ops.norms import group_norm_triton, layer_norm_triton
 
-    return norms
+    return entry_points(layer_norm_triton, group_norm_triton)
 
 
 @pytest.mark.gpu

@@ -76,3 +76,108 @@ def test_evaluate_folders_writes_csv_and_json(tmp_path):
     assert json.loads((tmp_path / "m.json").read_text())["class_names"] == ["background", "sq"]
     with pytest.raises(EvaluationError, match="no file names in common"):
         evaluate_folders(tmp_path / "pred", tmp_path)
+
+
+def _pair(tmp_path, pred_geometry, gt_geometry=None, pred=None, gt=None):
+    from napari_lightm.io import Geometry, write_labels
+
+    p0, g0 = squares()
+    gt_geometry = gt_geometry or Geometry(spacing=(0.5, 0.5), origin=(10.0, 20.0))
+    (tmp_path / "pred").mkdir(exist_ok=True)
+    (tmp_path / "gt").mkdir(exist_ok=True)
+    write_labels(tmp_path / "pred" / "c0.nii.gz", p0 if pred is None else pred, pred_geometry)
+    write_labels(tmp_path / "gt" / "c0.nrrd", g0 if gt is None else gt, gt_geometry)
+    return tmp_path / "pred", tmp_path / "gt"
+
+
+@pytest.mark.parametrize(
+    "geometry, what",
+    [
+        ({"spacing": (1.0, 1.0), "origin": (10.0, 20.0)}, "spacing"),  # 2x spacing
+        ({"spacing": (0.5, 0.5), "origin": (12.0, 20.0)}, "origin"),  # shifted 4 voxels
+        ({"spacing": (0.5, 0.5), "origin": (10.0, 20.0), "direction": (-1.0, 0, 0, 1.0)},
+         "direction"),  # flipped
+    ],
+)
+def test_a_prediction_on_another_grid_is_refused(tmp_path, geometry, what):
+    """The same voxels on another grid used to score Dice 1.0; nothing is resampled."""
+    from napari_lightm.io import Geometry
+
+    pred, gt = _pair(tmp_path, Geometry(**geometry))
+    with pytest.raises(EvaluationError, match=f"case c0: .*different grids \\({what} ") as info:
+        evaluate_folders(pred, gt, ["background", "sq"])
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_the_same_grid_within_file_precision_is_accepted(tmp_path):
+    from napari_lightm.io import Geometry
+
+    pred, gt = _pair(tmp_path, Geometry(spacing=(0.5 + 1e-7, 0.5), origin=(10.0 + 1e-6, 20.0)))
+    result = evaluate_folders(pred, gt, ["background", "sq"])
+    assert result["mean"]["sq"]["dice"] == 1.0
+
+
+@pytest.mark.parametrize("side", ["pred", "gt"])
+def test_labels_beyond_the_named_classes_are_an_error_not_dropped(tmp_path, side):
+    from napari_lightm.io import Geometry
+
+    p0, g0 = squares()
+    extra = g0.copy()
+    extra[0:2, 0:2] = 2
+    geo = Geometry(spacing=(0.5, 0.5), origin=(10.0, 20.0))
+    arrays = {"pred": extra, "gt": g0} if side == "pred" else {"pred": p0, "gt": extra}
+    pred, gt = _pair(tmp_path, geo, geo, **arrays)
+    what = "prediction" if side == "pred" else "ground truth"
+    with pytest.raises(EvaluationError, match=f"case c0: {what} has label 2 but only 2 classes"):
+        evaluate_folders(pred, gt, ["background", "sq"])
+    assert set(evaluate_folders(pred, gt)["mean"]) == {"class 1", "class 2"}  # names default
+    with pytest.raises(EvaluationError, match="has label 2"):
+        segmentation_metrics(arrays["pred"], arrays["gt"], ["background", "sq"])
+
+
+def test_single_files_and_bad_paths(tmp_path):
+    from napari_lightm.io import Geometry
+
+    geo = Geometry(spacing=(0.5, 0.5), origin=(10.0, 20.0))
+    pred, gt = _pair(tmp_path, geo, geo)
+    result = evaluate_folders(pred / "c0.nii.gz", gt / "c0.nrrd", ["background", "sq"])
+    assert [r["case"] for r in result["cases"]] == ["c0"]
+    assert result["cases"][0]["metrics"]["sq"]["dice"] == 1.0
+    with pytest.raises(EvaluationError, match="give two folders or two files"):
+        evaluate_folders(pred / "c0.nii.gz", gt)
+    with pytest.raises(EvaluationError, match="not found: .*missing"):
+        evaluate_folders(tmp_path / "missing", gt)
+    from napari_lightm.io import write_labels
+
+    write_labels(pred / "c0.png", squares()[0])
+    with pytest.raises(EvaluationError, match="two files for case c0"):
+        evaluate_folders(pred, gt)
+
+
+def test_pictures_without_geometry_are_compared_by_shape(tmp_path):
+    from napari_lightm.io import write_labels
+
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    pred, gt = squares(shift=5)
+    write_labels(tmp_path / "pred" / "c0.png", pred)
+    write_labels(tmp_path / "gt" / "c0.png", gt)
+    result = evaluate_folders(tmp_path / "pred", tmp_path / "gt", ["background", "sq"])
+    assert result["mean"]["sq"]["dice"] == pytest.approx(0.5)
+    write_labels(tmp_path / "gt" / "c0.png", gt[:, :15])
+    with pytest.raises(EvaluationError, match="shape"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "gt", ["background", "sq"])
+
+
+def test_hd95_prints_no_library_warnings():
+    import warnings
+
+    from napari_lightm.engine.metrics import hd95
+
+    gt = np.zeros((20, 20), np.uint8)
+    gt[5:15, 5:15] = 1
+    pred = np.roll(gt, 2, axis=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert hd95(pred, gt, 1, spacing=(1.0, 1.0)) == pytest.approx(2.0)
+    assert not caught, [str(w.message) for w in caught]

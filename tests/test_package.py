@@ -14,7 +14,7 @@ import napari_lightm
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "napari_lightm"
-CORE = ["model", "io", "engine", "cli.py", "__init__.py"]
+CORE = ["model", "io", "engine", "cli", "__init__.py", "_triton_guard.py"]
 GUI_MODULES = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "vispy")
 
 

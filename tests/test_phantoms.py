@@ -90,3 +90,35 @@ def test_default_size_is_fast(make):
     make(1)
     # < 1 s on a free laptop core; generous bound because CI machines are shared
     assert time.perf_counter() - start < 3.0
+
+
+def test_xray_reads_like_a_film():
+    """Dark air beside the neck, lungs darker than the mediastinum and the abdomen below
+    the diaphragm, the heart over the left lung's medial border."""
+    image, labels, _ = xray_phantom(seed=0, size=128)
+    lungs = image[np.isin(labels, (1, 2))].mean()
+    assert image[:8, :8].mean() < 0.5 * lungs  # air outside the body, top corner
+    assert image[-16:, 48:80].mean() > lungs + 0.2  # abdomen under the domes
+    assert image[16:40, 60:68].mean() > lungs + 0.2  # mediastinum between the lungs
+    heart_cols = np.nonzero(labels == 3)[1]
+    left_cols = np.nonzero(labels == 2)[1]
+    assert heart_cols.min() < 64 < heart_cols.max() < left_cols.max()
+    # the heart reaches into the left lung's field: some rows hold both, heart medially
+    rows = [r for r in range(128) if (labels[r] == 2).any() and (labels[r] == 3).any()]
+    assert rows and all(
+        np.nonzero(labels[r] == 3)[0].max() < np.nonzero(labels[r] == 2)[0].max() for r in rows
+    )
+
+
+@pytest.mark.slow
+def test_the_shipped_chest_model_segments_the_xray_sample():
+    """The sample film is close enough to real PA films for ``cxr-lungs``: Dice >= 0.9 for
+    each class (right lung, left lung, heart) on the napari sample (seed 0, 512 px)."""
+    from napari_lightm.engine.metrics import dice_iou
+    from napari_lightm.engine.zoo import load_model
+
+    image, labels, geometry = xray_phantom(seed=0)
+    prediction = load_model("cxr-lungs", device="cpu").predict(image, geometry)
+    dice = [dice_iou(prediction, labels, k)[0] for k in (1, 2, 3)]
+    print("Dice right lung, left lung, heart:", [round(d, 3) for d in dice])
+    assert min(dice) >= 0.9, dice

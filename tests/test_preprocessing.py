@@ -84,3 +84,58 @@ def test_resampling_to_model_spacing_and_back():
     labels[:, 10:] = 2
     back = resample_shape(resample_to(labels, (1.0, 1.0), (2.0, 2.0), order=0), (10, 20), order=0)
     assert back.shape == (10, 20) and set(np.unique(back)) <= {0, 2}  # nearest keeps label values
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR", "XR"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_intensities_near_the_float_limits_give_finite_input(modality, dtype):
+    top = float(np.finfo(dtype).max)
+    image = np.random.default_rng(4).uniform(0.8 * top, top, (1, 24, 24)).astype(dtype)
+    image[0, :4] = -top
+    out = Preprocessing.default(modality).normalize(image)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    if modality != "CT":  # still a z-score of the (clipped) image, not a constant
+        assert abs(float(out.mean())) < 1e-3 and float(out.std()) == pytest.approx(1, abs=1e-3)
+
+
+@pytest.mark.parametrize("modality", ["MR", "XR"])
+def test_one_extreme_voxel_does_not_shift_the_zscore_of_the_others(modality):
+    pre = Preprocessing.default(modality)
+    image = np.random.default_rng(5).normal(500, 100, (1, 64, 64)).astype(np.float32)
+    spiked = image.copy()
+    spiked[0, 10, 10] = 1e30
+    a, b = pre.normalize(image), pre.normalize(spiked)
+    others = np.ones((64, 64), bool)
+    others[10, 10] = False
+    np.testing.assert_allclose(b[0][others], a[0][others], atol=0.02)
+    assert b[0, 10, 10] == pytest.approx(float(a[0].max()), abs=0.1)  # clipped to the top
+
+
+@pytest.mark.parametrize("spacing", [(0.0, 1.0), (-1.0, 1.0), (float("nan"), 1.0), (1e-9, 1.0),
+                                     (1e9, 1.0)])
+def test_unusable_model_spacing_is_refused(spacing):
+    with pytest.raises(ValueError, match="spacing must be between"):
+        Preprocessing(modality="XR", spacing=spacing)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("std", [0.0], "std > 0"),
+        ("mean", [float("nan")], "finite numbers"),
+        ("clip_low", [5.0, 6.0], "needs 1 value"),
+        ("clip_high", [-2000.0], "clip_low <= clip_high"),
+    ],
+)
+def test_unusable_ct_statistics_are_refused(field, value, message):
+    d = Preprocessing.default("CT").to_dict()
+    d[field] = value
+    with pytest.raises(ValueError, match=message):
+        Preprocessing.from_dict(d)
+
+
+def test_resampling_that_would_explode_the_image_is_refused_before_allocating():
+    image = np.zeros((512, 512), np.float32)
+    with pytest.raises(ValueError, match="would make 2.62e\\+11 voxels; check the spacing"):
+        resample_to(image, (1.0, 1.0), (0.001, 0.001), order=1)
+    assert resample_to(image, (1.0, 1.0), (0.25, 0.25), order=1).shape == (2048, 2048)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import os
+import re
 import shutil
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -318,6 +323,69 @@ def test_dicom_without_image_and_truncated_dicom_are_refused(tmp_path):
         read_image(pydicom_file("MR_truncated.dcm"))
 
 
+def test_unknown_transfer_syntax_is_refused_naming_the_file(tmp_path):
+    import pydicom
+
+    ds = pydicom.dcmread(pydicom_file("MR_small_jp2klossless.dcm"))
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5.6"  # a UID that is no transfer syntax
+    path = tmp_path / "strange.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageReadError, match=r"unknown DICOM transfer syntax '1\.2\.3\.4\.5\.6'"):
+        read_image(path)
+    with pytest.raises(ImageReadError, match="strange.dcm"):
+        read_image(path)
+
+
+def test_damaged_dicom_header_value_is_refused_as_corrupt(tmp_path):
+    data = pydicom_file("CT_small.dcm").read_bytes()
+    path = tmp_path / "damaged.dcm"
+    path.write_bytes(data.replace(b"DS\x06\x00-1024 ", b"DS\x06\x00\x001024 ", 1))
+    with pytest.raises(ImageReadError, match="damaged.dcm: corrupt DICOM header") as err:
+        read_image(path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("slope", ["1e30", "nan"])
+def test_implausible_rescale_slope_is_refused(tmp_path, slope):
+    """A huge integer slope wrapped around in int32 arithmetic; NaN made every voxel NaN."""
+    data = pydicom_file("CT_small.dcm").read_bytes()
+    path = tmp_path / "slope.dcm"  # (0028,1053) RescaleSlope "1 " -> a 4-byte value
+    path.write_bytes(
+        data.replace(
+            b"(\x00S\x10DS\x02\x001 ", b"(\x00S\x10DS\x04\x00" + slope[:4].encode().ljust(4), 1
+        )
+    )
+    with pytest.raises(ImageReadError, match="slope.dcm: implausible DICOM rescale"):
+        read_image(path)
+
+
+def test_series_with_rounded_orientation_reads_with_unit_cosines(tmp_path):
+    """Cosines written with few decimals are a little off unit length; the direction is
+    normalised instead of refused as scaled."""
+    import pydicom
+
+    write_dicom_series(tmp_path / "ct", hu_volume((3, 6, 8)))
+    for path in (tmp_path / "ct").iterdir():
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [1.0009, 0, 0, 0, 0.9991, 0]
+        ds.save_as(path)
+    _, geometry = read_image(tmp_path / "ct")
+    np.testing.assert_allclose(geometry.direction_matrix, np.eye(3), atol=1e-12)
+
+
+def test_series_with_non_perpendicular_orientation_is_refused(tmp_path):
+    """Row and column cosines 63 degrees apart: no rotation can place such slices."""
+    import pydicom
+
+    write_dicom_series(tmp_path / "ct", hu_volume((3, 6, 8)))
+    for path in (tmp_path / "ct").iterdir():
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [1, 0, 0, 0.447214, 0.894427, 0]
+        ds.save_as(path)
+    with pytest.raises(ImageReadError, match="different orientations"):
+        read_image(tmp_path / "ct")
+
+
 def test_every_pydicom_test_file_reads_or_fails_clearly():
     """napari must never see anything but an image or an ImageReadError."""
     files = sorted(pydicom_file("CT_small.dcm").parent.glob("*.dcm"))
@@ -417,24 +485,269 @@ def test_jpeg_reads_as_grey_2d(tmp_path):
     assert np.abs(image.astype(int) - grey).mean() < 4  # lossy
 
 
+def grey_alpha_png(path: Path, grey: np.ndarray, bit_depth: int = 8) -> Path:
+    """A grey+alpha PNG (colour type 4) of ``grey``, alpha opaque, written by hand."""
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    dtype = ">u1" if bit_depth == 8 else ">u2"
+    pixels = np.stack([grey, np.full_like(grey, np.iinfo(grey.dtype).max)], axis=-1)
+    rows = b"".join(b"\x00" + row.astype(dtype).tobytes() for row in pixels)
+    height, width = grey.shape
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 4, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+    path.write_bytes(png + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+def grey_alpha_tiff(path: Path, grey: np.ndarray) -> Path:
+    import tifffile
+
+    alpha = np.full_like(grey, np.iinfo(grey.dtype).max)
+    tifffile.imwrite(
+        path, np.stack([grey, alpha], axis=-1), photometric="minisblack", extrasamples=[2]
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("write", "name"), [(grey_alpha_png, "la.png"), (grey_alpha_tiff, "la.tif")], ids=["png", "tif"]
+)
+def test_grey_alpha_picture_reads_as_grey(tmp_path, write, name):
+    """ITK cannot read grey+alpha PNG, and reads grey+alpha TIFF with the alpha samples
+    interleaved into the grey ones."""
+    grey = np.random.default_rng(0).integers(0, 255, size=(12, 17)).astype(np.uint8)
+    image, geometry = read_image(write(tmp_path / name, grey))
+    np.testing.assert_array_equal(image, grey)
+    assert image.dtype == np.uint8 and geometry.modality == "XR"
+    assert "alpha channel dropped" in geometry.extra["warnings"][0]
+
+
+def test_16_bit_grey_alpha_png_is_refused_clearly(tmp_path):
+    grey = np.arange(12 * 17, dtype=np.uint16).reshape(12, 17) * 300
+    with pytest.raises(ImageReadError, match="la16.png: 16-bit grey\\+alpha PNG is not"):
+        read_image(grey_alpha_png(tmp_path / "la16.png", grey, bit_depth=16))
+
+
 # --- NaN / inf ------------------------------------------------------------------------
 
 
-def test_nan_and_inf_voxels_are_replaced_and_reported(tmp_path):
-    array = np.linspace(-5, 5, 60, dtype=np.float32).reshape(3, 4, 5)
-    array[0, 0, :3] = [np.nan, np.inf, -np.inf]
-    image, geometry = read_image(write_sitk(tmp_path / "nan.nrrd", array))
+def write_float_dicom(path: Path, array: np.ndarray) -> Path:
+    """A 2D parametric map with Float Pixel Data (float32 voxels, NaN allowed)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
+    ds.Modality, ds.PixelSpacing = "MR", [0.5, 0.5]
+    ds.Rows, ds.Columns = array.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated = 1, "MONOCHROME2", 32
+    ds.FloatPixelData = array.astype("<f4").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def with_nan_and_inf(shape: tuple[int, ...]) -> np.ndarray:
+    array = np.linspace(-5, 5, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    array.reshape(-1)[:3] = [np.nan, np.inf, -np.inf]
+    return array
+
+
+@pytest.mark.parametrize("suffix", [*VOLUME_SUFFIXES, ".tif", ".dcm"])
+def test_nan_and_inf_voxels_are_replaced_and_reported_in_every_format(tmp_path, suffix):
+    """NaN -> lowest finite value, +inf -> highest, -inf -> lowest, with a warning; ITK's
+    NIfTI library would turn them into 0 (water in HU) without a word."""
+    array = with_nan_and_inf((4, 5) if suffix in (".tif", ".dcm") else (3, 4, 5))
+    path = tmp_path / f"nan{suffix}"
+    write_float_dicom(path, array) if suffix == ".dcm" else write_sitk(path, array)
+    image, geometry = read_image(path)
+    finite = array[np.isfinite(array)]
     assert np.isfinite(image).all()
-    assert image[0, 0, 0] == array[np.isfinite(array)].min()  # NaN -> lowest
-    assert image[0, 0, 1] == np.nanmax(array[np.isfinite(array)])  # +inf -> highest
+    assert image.ravel()[0] == finite.min()  # NaN -> lowest
+    assert image.ravel()[1] == finite.max()  # +inf -> highest
+    assert image.ravel()[2] == finite.min()  # -inf -> lowest
     assert "3 NaN/inf voxels replaced" in geometry.extra["warnings"][0]
     np.testing.assert_array_equal(image.ravel()[3:], array.ravel()[3:])
 
 
-def test_all_nan_image_is_refused(tmp_path):
-    path = write_sitk(tmp_path / "nan.mha", np.full((2, 3, 4), np.nan, np.float32))
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_nan_survives_big_endian_and_negative_scaling(tmp_path, suffix):
+    import nibabel as nib
+
+    array = with_nan_and_inf((3, 4, 5))  # array order (z, y, x); nibabel's is (x, y, z)
+    nii = nib.Nifti1Image(array.T, np.eye(4), header=nib.Nifti1Header(endianness=">"))
+    nii.header.set_slope_inter(-2.0, 1.0)
+    nib.save(nii, tmp_path / f"scaled{suffix}")
+    image, geometry = read_image(tmp_path / f"scaled{suffix}")
+    scaled = array.ravel() * np.float32(-2.0) + np.float32(1.0)  # NaN, -inf, +inf
+    finite = scaled[np.isfinite(scaled)]
+    np.testing.assert_array_equal(image.ravel()[:3], [finite.min(), finite.min(), finite.max()])
+    np.testing.assert_allclose(image.ravel()[3:], scaled[3:], rtol=1e-6)
+    assert "3 NaN/inf voxels replaced" in geometry.extra["warnings"][0]
+
+
+def test_nifti_zeros_that_were_zeros_stay_zeros(tmp_path):
+    array = np.zeros((3, 4, 5), np.float32)
+    array[1] = 2.5
+    image, geometry = read_image(write_sitk(tmp_path / "zeros.nii.gz", array))
+    np.testing.assert_array_equal(image, array)
+    assert "warnings" not in geometry.extra
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nii", ".nii.gz"])
+def test_all_nan_image_is_refused(tmp_path, suffix):
+    path = write_sitk(tmp_path / f"nan{suffix}", np.full((2, 3, 4), np.nan, np.float32))
     with pytest.raises(ImageReadError, match="no finite voxel"):
         read_image(path)
+
+
+def test_complex_nifti_is_refused_in_one_line(tmp_path):
+    import nibabel as nib
+
+    values = (np.arange(60) * (1 + 1j)).reshape(5, 4, 3).astype(np.complex64)
+    nib.save(nib.Nifti1Image(values, np.eye(4)), tmp_path / "phase.nii.gz")
+    with pytest.raises(ImageReadError, match="complex-valued NIfTI") as err:
+        read_image(tmp_path / "phase.nii.gz")
+    assert "phase.nii.gz" in str(err.value) and "\n" not in str(err.value)
+
+
+# --- invalid header geometry ----------------------------------------------------------
+
+
+def edit_header(path: Path, pattern: bytes, replacement: bytes) -> Path:
+    data = path.read_bytes()
+    edited = re.sub(pattern, replacement, data, count=1)
+    assert edited != data, pattern
+    path.write_bytes(edited)
+    return path
+
+
+def plain_volume(tmp_path: Path, suffix: str, name: str = "grid") -> Path:
+    import SimpleITK as sitk
+
+    path = tmp_path / f"{name}{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 4, 5), np.int16)), str(path), False)
+    return path
+
+
+def set_nifti_float(path: Path, offset: int, value: float) -> Path:
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 4] = struct.pack("<f", value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+NIFTI_PIXDIM_X = 80  # byte offset of pixdim[1]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "edit", "message"),
+    [
+        (
+            ".nrrd",
+            (rb"space directions: .*", b"space directions: (1,0.5,0) (0,1,0) (0,0,1)"),
+            "not a rotation or flip",
+        ),
+        (
+            ".nrrd",
+            (rb"space directions: .*", b"space directions: (0,0,0) (0,1,0) (0,0,1)"),
+            "spacing must be positive",
+        ),
+        (
+            ".mha",
+            (rb"TransformMatrix = .*", b"TransformMatrix = 1 0.5 0 0 1 0 0 0 1"),
+            "not a rotation or flip",
+        ),
+        (".mha", (rb"ElementSpacing = .*", b"ElementSpacing = 0 1 1"), "spacing must be positive"),
+        (
+            ".mha",
+            (rb"ElementSpacing = .*", b"ElementSpacing = -0.5 1 1"),
+            "spacing must be positive",
+        ),
+        (".mha", (rb"Offset = .*", b"Offset = nan 0 0"), r"corrupt MetaImage header \(Offset"),
+        (".nii", float("nan"), r"voxel size \(pixdim\)"),
+        (".nii", 0.0, r"voxel size \(pixdim\)"),
+        (".nii", -2.0, r"voxel size \(pixdim\)"),
+    ],
+    ids=[
+        "nrrd shear",
+        "nrrd zero",
+        "mha shear",
+        "mha zero",
+        "mha negative",
+        "mha nan origin",
+        "nifti nan pixdim",
+        "nifti zero pixdim",
+        "nifti negative pixdim",
+    ],
+)
+def test_invalid_header_geometry_is_refused(tmp_path, suffix, edit, message):
+    path = plain_volume(tmp_path, suffix)
+    if suffix == ".nii":
+        set_nifti_float(path, NIFTI_PIXDIM_X, edit)
+    else:
+        edit_header(path, *edit)
+    with pytest.raises(ImageReadError, match=message) as err:
+        read_image(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_metaimage_headers_that_crash_or_hang_itk_are_refused(tmp_path):
+    """ITK's MetaImage reader crashes the process on a huge NDims and never returns on a
+    degenerate TransformMatrix: both must be refused before ITK reads them (checked in a
+    child process, so that a regression fails this test instead of ending the run)."""
+    crash = edit_header(plain_volume(tmp_path, ".mha"), rb"NDims = 3", b"NDims = 1000")
+    hang = plain_volume(tmp_path, ".mha", "hang")
+    edit_header(hang, rb"TransformMatrix = .*", b"TransformMatrix = 1e308 1e308 1e308 1e308 1e308")
+    script = (
+        "import sys\n"
+        "from napari_lightm.io import ImageReadError, read_image\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        read_image(path)\n"
+        "    except ImageReadError as err:\n"
+        "        print(err)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(crash), str(hang)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2
+    assert "corrupt MetaImage header (NDims = '1000')" in lines[0]
+    assert lines[1].startswith(f"{hang}: invalid geometry in the header")
+
+
+def test_header_larger_than_memory_is_refused_before_reading(tmp_path):
+    path = edit_header(
+        plain_volume(tmp_path, ".mha"), rb"DimSize = .*", b"DimSize = 100000 100000 100000"
+    )
+    with pytest.raises(ImageReadError, match="more than this machine's memory"):
+        read_image(path)
+
+
+def test_itk_messages_name_no_object_addresses(tmp_path):
+    path = plain_volume(tmp_path, ".nrrd")
+    edit_header(path, rb"space origin: .*", b"space origin: (nan,0,0)")
+    with pytest.raises(ImageReadError, match="cannot read as NRRD") as err:
+        read_image(path)
+    assert not re.search(r"0x[0-9a-f]{6,}", str(err.value))
 
 
 # --- broken files ---------------------------------------------------------------------

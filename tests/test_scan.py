@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import pytest
 import torch
 
 from napari_lightm.model.scan import (
     BACKENDS,
     ENV_VAR,
+    ScanArgs,
     available_backends,
+    is_available,
     resolve_backend,
     selective_scan,
     selective_scan_reference,
@@ -106,14 +111,14 @@ def test_optional_arguments_absent(backend):
     x = scan_inputs("random")
     u, delta, A, B, C = (x[k] for k in ("u", "delta", "A", "B", "C"))
     delta = delta.abs() * 0.1
-    y_ref = selective_scan_reference(u, delta, A, B, C)
+    y_ref = selective_scan_reference(ScanArgs(u, delta, A, B, C))
     y = selective_scan(u.float(), delta.float(), A.float(), B.float(), C.float(), backend=backend)
     assert relative_error(y, y_ref) < 1e-5
 
 
 @pytest.mark.parametrize("softplus", [True, False])
 def test_cpu_backend_gradcheck(softplus):
-    from napari_lightm.model.scan.cpu_numba import selective_scan_cpu
+    from napari_lightm.model.scan.cpu import selective_scan_cpu
 
     g = torch.Generator().manual_seed(2)
     bt, length, e, n = 2, 7, 3, 4  # 7 tokens over 3 recomputation chunks
@@ -126,22 +131,22 @@ def test_cpu_backend_gradcheck(softplus):
     inputs = tuple(x[k].requires_grad_() for k in ARG_NAMES)
 
     def scan(*args):
-        return selective_scan_cpu(*args, delta_softplus=softplus, chunk=3)
+        return selective_scan_cpu(ScanArgs(*args, delta_softplus=softplus), chunk=3)
 
     assert torch.autograd.gradcheck(scan, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 def test_cpu_backend_long_sequence_many_chunks():
     """Several recomputation chunks and a ragged last one; forward and gradients."""
-    from napari_lightm.model.scan.cpu_numba import selective_scan_cpu
+    from napari_lightm.model.scan.cpu import selective_scan_cpu
 
     x = scan_inputs("long_decay")
     x = {k: v[:, :333] if v.ndim == 3 else v for k, v in x.items()}
     leaves = [x[k].clone().requires_grad_() for k in ARG_NAMES]
-    y = selective_scan_cpu(*leaves, delta_softplus=True, chunk=16)
+    y = selective_scan_cpu(ScanArgs(*leaves, delta_softplus=True), chunk=16)
     y.sum().backward()
     ref_leaves = [x[k].clone().requires_grad_() for k in ARG_NAMES]
-    y_ref = selective_scan_reference(*ref_leaves, delta_softplus=True)
+    y_ref = selective_scan_reference(ScanArgs(*ref_leaves, delta_softplus=True))
     y_ref.sum().backward()
     assert relative_error(y, y_ref) < 1e-12
     for a, b in zip(leaves, ref_leaves):
@@ -149,33 +154,34 @@ def test_cpu_backend_long_sequence_many_chunks():
 
 
 def test_cpu_backend_same_result_on_any_thread_count():
-    from napari_lightm.model.scan.cpu_numba import selective_scan_cpu
+    from napari_lightm.model.scan.cpu import selective_scan_cpu
 
     x = {k: v.float() for k, v in scan_inputs("random").items()}
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        y1 = selective_scan_cpu(*(x[k] for k in ARG_NAMES), delta_softplus=True)
+        y1 = selective_scan_cpu(ScanArgs(*(x[k] for k in ARG_NAMES), delta_softplus=True))
         torch.set_num_threads(2)
-        y2 = selective_scan_cpu(*(x[k] for k in ARG_NAMES), delta_softplus=True)
+        y2 = selective_scan_cpu(ScanArgs(*(x[k] for k in ARG_NAMES), delta_softplus=True))
     finally:
         torch.set_num_threads(before)
     assert torch.equal(y1, y2)
 
 
 def test_cpu_backend_reads_strided_views_and_half_inputs():
-    from napari_lightm.model.scan.cpu_numba import selective_scan_cpu
+    from napari_lightm.model.scan.cpu import selective_scan_cpu
 
     x = {k: v.float() for k, v in scan_inputs("random").items()}
-    y = selective_scan_cpu(*(x[k] for k in ARG_NAMES), delta_softplus=True)
+    y = selective_scan_cpu(ScanArgs(*(x[k] for k in ARG_NAMES), delta_softplus=True))
     # B and C as views into one projection, as the mixer produces them
     bc = torch.cat([x["B"], x["C"]], dim=-1)
     b_view, c_view = bc.split(x["B"].shape[-1], dim=-1)
     args = [x[k] for k in ARG_NAMES]
     args[3], args[4] = b_view, c_view
-    assert torch.equal(selective_scan_cpu(*args, delta_softplus=True), y)
-    y_bf16 = selective_scan_cpu(*(v.bfloat16() for v in (x["u"], x["delta"])), *args[2:],
-                                delta_softplus=True)
+    assert torch.equal(selective_scan_cpu(ScanArgs(*args, delta_softplus=True)), y)
+    half = ScanArgs(*(v.bfloat16() for v in (x["u"], x["delta"])), *args[2:],
+                    delta_softplus=True)
+    y_bf16 = selective_scan_cpu(half)
     assert y_bf16.dtype == torch.bfloat16
     assert relative_error(y_bf16.float(), y.double()) < 0.05
 
@@ -204,3 +210,32 @@ def test_unknown_backend_is_a_clear_error(name, monkeypatch):
 def test_gpu_only_backend_refused_on_cpu(name):
     with pytest.raises(ValueError, match="does not run on cpu"):
         resolve_backend("cpu", name)
+
+
+@pytest.fixture
+def fresh_availability():
+    """``is_available`` answers afresh during the test and after it (it caches per name)."""
+    is_available.cache_clear()
+    yield
+    is_available.cache_clear()
+
+
+@pytest.mark.parametrize(("name", "package"),
+                         [("cpu", "numba"), ("triton", "triton"), ("mamba_ssm", "mamba_ssm")])
+def test_backend_whose_package_does_not_import_is_unavailable(name, package, monkeypatch,
+                                                              fresh_availability):
+    """Availability probes the package a backend runs on, not only our wrapper module,
+    which may import without it (or be imported already)."""
+    if name == "triton" and importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed")
+    if name != "mamba_ssm":
+        BACKENDS[name].load()  # our wrapper module is imported already
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # CUDA backends are probed
+    for module in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setitem(sys.modules, package, None)  # `import package` raises ImportError
+    assert not is_available(name)
+    device = BACKENDS[name].devices[0]
+    assert name not in available_backends(device)
+    with pytest.raises(ValueError, match="not available"):
+        resolve_backend(device, name)

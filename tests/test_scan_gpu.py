@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_lightm.model import Mamba
-from napari_lightm.model.scan import is_available, resolve_backend, selective_scan
+from napari_lightm.model.scan import ScanArgs, is_available, resolve_backend, selective_scan
 from napari_lightm.model.scan.reference import selective_scan_reference
 
 pytestmark = pytest.mark.gpu
@@ -44,7 +44,7 @@ def test_backend_matches_float64_reference(backend, harsh):
     leaves = [t.clone().requires_grad_() for t in args]
     y = selective_scan(*leaves[:7], delta_bias=leaves[7], delta_softplus=True, backend=backend)
     leaves64 = [t.detach().double().requires_grad_() for t in args]
-    y64 = selective_scan_reference(*leaves64[:7], delta_bias=leaves64[7], delta_softplus=True)
+    y64 = selective_scan_reference(ScanArgs(*leaves64, delta_softplus=True))
     assert rel(y, y64) < 1e-4
     gy = torch.randn_like(y64)
     grads = torch.autograd.grad(y, leaves, gy.float())
@@ -58,8 +58,7 @@ def test_triton_half_inputs(dtype):
     backend_or_skip("triton")
     args = inputs(dtype=dtype, seed=1)
     y = selective_scan(*args[:7], delta_bias=args[7], delta_softplus=True, backend="triton")
-    y64 = selective_scan_reference(*[t.double() for t in args[:7]],
-                                   delta_bias=args[7].double(), delta_softplus=True)
+    y64 = selective_scan_reference(ScanArgs(*[t.double() for t in args], delta_softplus=True))
     assert y.dtype == dtype
     assert rel(y, y64) < 1e-2  # the float32 state leaves only the output rounding
     leaves = [t.clone().requires_grad_() for t in args]
@@ -97,17 +96,18 @@ def test_triton_super_chunks_match_float64_reference(monkeypatch, harsh):
     """Super-chunks forced at L=3000 (94 chunks of 32): forward 8 a program (last one 6),
     backward 11 a program with one group of 20 channel blocks."""
     backend_or_skip("triton")
-    from napari_lightm.model.scan import triton_scan as ts
+    from napari_lightm.model.ops.launch import Scan
+    from napari_lightm.model.scan import triton as ts
 
-    monkeypatch.setattr(ts, "FWD_MIN_PROGRAMS", 100)
-    monkeypatch.setattr(ts, "FWD_MAX_SUB", 8)
-    monkeypatch.setattr(ts, "BWD_MIN_PROGRAMS", 16)
-    monkeypatch.setattr(ts, "BWD_MAX_SUB", 16)
-    monkeypatch.setattr(ts, "CARRY_BLOCK_K", 4)
+    monkeypatch.setattr(Scan, "FWD_MIN_PROGRAMS", 100)
+    monkeypatch.setattr(Scan, "FWD_MAX_SUB", 8)
+    monkeypatch.setattr(Scan, "BWD_MIN_PROGRAMS", 16)
+    monkeypatch.setattr(Scan, "BWD_MAX_SUB", 16)
+    monkeypatch.setattr(Scan, "CARRY_BLOCK_K", 4)
     args = inputs(harsh=harsh, seed=2)
-    run = lambda t: ts.selective_scan_triton(*t[:7], delta_bias=t[7], delta_softplus=True)  # noqa: E731
+    run = lambda t: ts.selective_scan_triton(ScanArgs(*t, delta_softplus=True))  # noqa: E731
     y, grads = _grads_of(run, args)
-    run64 = lambda t: selective_scan_reference(*t[:7], delta_bias=t[7], delta_softplus=True)  # noqa: E731
+    run64 = lambda t: selective_scan_reference(ScanArgs(*t, delta_softplus=True))  # noqa: E731
     y64, grads64 = _grads_of(run64, [t.double() for t in args])
     assert rel(y, y64) < 1e-4
     for name, g, g64 in zip(NAMES, grads, grads64):
@@ -118,14 +118,16 @@ def test_triton_default_super_chunks_agree_with_single_chunks(monkeypatch):
     """Realistic shape (E=64, L=2^20: 32 chunks a program forward, 4 backward by default)
     against the same kernels with one chunk per program."""
     backend_or_skip("triton")
-    from napari_lightm.model.scan import triton_scan as ts
+    from napari_lightm.model.ops.launch import Scan
+    from napari_lightm.model.scan import triton as ts
+    from napari_lightm.model.scan.triton.autograd import _sub_chunks
 
     args = inputs(bt=1, length=2**20, e=64, seed=3)
-    run = lambda t: ts.selective_scan_triton(*t[:7], delta_bias=t[7], delta_softplus=True)  # noqa: E731
-    assert ts._sub_chunks(2**20 // ts.DEFAULT_CHUNK, 8, ts.FWD_MIN_PROGRAMS, ts.FWD_MAX_SUB) > 1
+    run = lambda t: ts.selective_scan_triton(ScanArgs(*t, delta_softplus=True))  # noqa: E731
+    assert _sub_chunks(2**20 // Scan.DEFAULT_CHUNK, 8, Scan.FWD_MIN_PROGRAMS, Scan.FWD_MAX_SUB) > 1
     y, grads = _grads_of(run, args)
-    monkeypatch.setattr(ts, "FWD_MAX_SUB", 1)
-    monkeypatch.setattr(ts, "BWD_MAX_SUB", 1)
+    monkeypatch.setattr(Scan, "FWD_MAX_SUB", 1)
+    monkeypatch.setattr(Scan, "BWD_MAX_SUB", 1)
     y1, grads1 = _grads_of(run, args)
     assert rel(y, y1) < 1e-5
     for name, g, g1 in zip(NAMES, grads, grads1):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from napari_lightm._napari._session import (
+from napari_lightm.io.session import (
     SessionError,
     SessionImage,
     read_session,
@@ -66,15 +66,17 @@ def test_bad_session_folders_raise_clear_errors(tmp_path):
     (tmp_path / "session.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(SessionError, match="not a napari-lightm session"):
         read_session(tmp_path)
-    write_session(tmp_path / "s", [SessionImage("a", np.zeros((3, 3), np.uint8), np.ones(1))])
-    (tmp_path / "s" / "labels_00.npy").unlink()
+    manifest = write_session(
+        tmp_path / "s", [SessionImage("a", np.zeros((3, 3), np.uint8), np.ones(1))]
+    )
+    (tmp_path / "s" / json.loads(manifest.read_text())["images"][0]["labels_file"]).unlink()
     with pytest.raises(SessionError, match="'a'"):
         read_session(tmp_path / "s")
     assert issubclass(SessionError, ValueError)
 
 
 @pytest.mark.gui
-def test_save_close_reopen_restores_labels_and_reviewed(
+def test_save_close_reopen_restores_labels_reviewed_and_painted_truth(
     make_napari_viewer_proxy, tmp_path, monkeypatch
 ):
     from napari_lightm.io.phantoms import ct_phantom
@@ -92,10 +94,12 @@ def test_save_close_reopen_restores_labels_and_reviewed(
     viewer.dims.set_point(0, viewer.layers["ct"].data_to_world([7, 0, 0])[0])
     widget.mark_current_reviewed()
     expected_reviewed = np.zeros(12, bool)
-    expected_reviewed[[4, 7]] = True
+    expected_reviewed[7] = True  # the stroke is truth where painted; slice 4 is not reviewed
     np.testing.assert_array_equal(labels.metadata["lightm_reviewed"], expected_reviewed)
     expected_labels = np.array(labels.data)
     assert expected_labels[4].sum() > 0
+    expected_marked = widget.tracker.annotation(labels).marked().copy()
+    np.testing.assert_array_equal(expected_marked, expected_labels == 2)
 
     widget.save_session(tmp_path / "session")
     viewer.layers.clear()  # close everything
@@ -106,7 +110,8 @@ def test_save_close_reopen_restores_labels_and_reviewed(
     reopened = widget2.labels_layer()
     np.testing.assert_array_equal(reopened.data, expected_labels)
     np.testing.assert_array_equal(reopened.metadata["lightm_reviewed"], expected_reviewed)
+    np.testing.assert_array_equal(widget2.tracker.annotation(reopened).marked(), expected_marked)
     # the image comes back in its geometry, and the labels are linked and aligned with it
     np.testing.assert_allclose(viewer2.layers["ct"].scale, geometry.scale)
     np.testing.assert_allclose(reopened.scale, geometry.scale)
-    assert "4, 7" in widget2.review_summary.text()
+    assert "7" in widget2.review_summary.text() and "4" not in widget2.review_summary.text()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_lightm.engine import Cancelled, CancelToken, Segmenter
+from napari_lightm.engine import Cancelled, CancelToken, CheckpointError, Segmenter
 from napari_lightm.engine.data import (
     Augmentation,
     Case,
@@ -22,7 +22,13 @@ from napari_lightm.engine.data import (
     load_dataset,
 )
 from napari_lightm.engine.losses import IGNORE
-from napari_lightm.engine.training import STATE_FILE, make_optimizer, train, train_step
+from napari_lightm.engine.training import (
+    OLD_STATE_FILE,
+    STATE_FILE,
+    make_optimizer,
+    train,
+    train_step,
+)
 
 TINY = {"init_filters": 8}
 
@@ -64,8 +70,7 @@ def test_train_writes_checkpoints_and_resume_continues(tiny_dataset, tmp_path):
     first = train(tiny_dataset, tmp_path, **kwargs)
     assert first.steps == 2 and len(first.losses) == 2 and len(first.val_dice) == 1
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"best.safetensors", "last.safetensors", STATE_FILE} <= names
-    assert not [n for n in names if n.endswith(".tmp")]
+    assert names == {"best.safetensors", "last.safetensors", "train_state.safetensors"}
     seen = []
     second = train(
         tiny_dataset, tmp_path, **{**kwargs, "max_steps": 3}, resume=True, progress=seen.append
@@ -75,6 +80,138 @@ def test_train_writes_checkpoints_and_resume_continues(tiny_dataset, tmp_path):
     last = Segmenter.load(tmp_path / "last.safetensors", device="cpu")
     assert last.version == 1 and last.history[-1]["steps"] == 3
     assert last.preprocessing.modality == "MR"
+
+
+def test_resume_after_a_cancel_repeats_the_uninterrupted_run_exactly(tiny_dataset, tmp_path):
+    """Weights, optimizer moments, both RNGs and the loss history come back from the
+    (pickle-free) state: 2 steps + cancel + resume to 4 = 4 steps in one go."""
+    kwargs = dict(max_steps=4, batch_size=2, val_every=2, device="cpu", model_kwargs=TINY, seed=5)
+    whole = train(tiny_dataset, tmp_path / "whole", **kwargs)
+    token = CancelToken()
+
+    def cancel_at_3(p):
+        if p.stage == "train" and p.done == 3:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train(tiny_dataset, tmp_path / "split", **kwargs, progress=cancel_at_3, cancel=token)
+    seen = []
+    resumed = train(tiny_dataset, tmp_path / "split", **kwargs, resume=True, progress=seen.append)
+    assert seen[0].message.startswith("resumed at step 2")
+    assert resumed.losses == whole.losses and resumed.val_dice == whole.val_dice
+    assert resumed.best_dice == whole.best_dice
+    a, b = whole.segmenter.model.state_dict(), resumed.segmenter.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: what a crafted training state would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickled_state_is_never_unpickled(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "marker"
+    torch.save({"step": 1, "payload": _Payload(marker)}, out / OLD_STATE_FILE)
+    with pytest.raises(CheckpointError, match="never loaded") as info:
+        train(tiny_dataset, out, max_steps=2, device="cpu", model_kwargs=TINY, resume=True)
+    assert not marker.exists(), "the old-format state was unpickled"
+    assert len(str(info.value).splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == [OLD_STATE_FILE]  # nothing written
+
+
+def _state_variants(good: Path, other_model: Path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(good), framework="pt") as f:
+        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    info = json.loads(header["lightm_train_state"])
+
+    def tampered(**changes):
+        def write(path):
+            save_file(tensors, str(path),
+                      metadata={"lightm_train_state": json.dumps({**info, **changes})})
+        return write
+
+    def with_tensors(**changes):
+        def write(path):
+            save_file({**tensors, **changes}, str(path), metadata=header)
+        return write
+
+    return {
+        "truncated": (lambda p: p.write_bytes(good.read_bytes()[:1000]), "corrupt or unreadable"),
+        "a model checkpoint": (lambda p: p.write_bytes(other_model.read_bytes()),
+                               "not a napari-lightm training state"),
+        "JSON list": (lambda p: save_file(tensors, str(p),
+                                          metadata={"lightm_train_state": "[1, 2]"}),
+                      "JSON object was expected"),
+        "JSON null": (lambda p: save_file(tensors, str(p),
+                                          metadata={"lightm_train_state": "null"}),
+                      "JSON object was expected"),
+        "newer version": (tampered(version=99), "newer napari-lightm"),
+        "other classes": (tampered(class_names=["background", "x", "y"]), "another run"),
+        "negative step": (tampered(step=-3), "unusable training state"),
+        "no optimizer groups": (tampered(optimizer_param_groups=None), "unusable training state"),
+        "wrong moment shape": (with_tensors(**{"optimizer.0.exp_avg": torch.zeros(3)}),
+                               "unusable training state"),
+        "NaN weights": (with_tensors(**{k: torch.full_like(v, float("nan"))
+                                        for k, v in tensors.items() if k.startswith("model.")}),
+                        "NaN or infinite"),
+        "bad RNG state": (with_tensors(torch_rng=torch.zeros(3, dtype=torch.uint8)),
+                          "unusable training state"),
+    }
+
+
+def test_a_corrupt_or_foreign_state_is_a_one_line_error(tiny_dataset, tmp_path):
+    kwargs = dict(max_steps=1, batch_size=1, device="cpu", model_kwargs=TINY)
+    train(tiny_dataset, tmp_path / "good", **kwargs)
+    good = tmp_path / "good" / STATE_FILE
+    variants = _state_variants(good, tmp_path / "good" / "last.safetensors")
+    for name, (write, message) in variants.items():
+        out = tmp_path / name
+        out.mkdir()
+        write(out / STATE_FILE)
+        before = (out / STATE_FILE).read_bytes()
+        with pytest.raises(CheckpointError) as info:
+            train(tiny_dataset, out, **{**kwargs, "max_steps": 2}, resume=True)
+        assert message in str(info.value) and len(str(info.value).splitlines()) == 1, name
+        assert [p.name for p in out.iterdir()] == [STATE_FILE], name  # nothing written
+        assert (out / STATE_FILE).read_bytes() == before, name
+
+
+def test_resume_without_a_state_next_to_checkpoints_is_refused(tiny_dataset, tmp_path):
+    """A run's checkpoints with no state to resume from are not overwritten by a new run."""
+    train(tiny_dataset, tmp_path, max_steps=1, device="cpu", model_kwargs=TINY)
+    (tmp_path / STATE_FILE).unlink()
+    before = (tmp_path / "best.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="no train_state.safetensors to resume"):
+        train(tiny_dataset, tmp_path, max_steps=2, device="cpu", model_kwargs=TINY, resume=True)
+    assert (tmp_path / "best.safetensors").read_bytes() == before
+    fresh = train(tiny_dataset, tmp_path / "new", max_steps=1, device="cpu", model_kwargs=TINY,
+                  resume=True)  # nothing to resume in an empty folder: a new run
+    assert fresh.steps == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"val_every": -1}, "val_every must be a positive integer"),
+        ({"lr": float("nan")}, "lr must be a positive number"),
+        ({"max_steps": 0}, "max_steps must be >= 1"),
+    ],
+)
+def test_bad_training_arguments_are_named(tiny_dataset, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny_dataset, tmp_path, device="cpu", model_kwargs=TINY, **kwargs)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cancel_stops_within_a_step_and_writes_nothing(tiny_dataset, tmp_path):

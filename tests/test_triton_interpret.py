@@ -11,19 +11,21 @@ import importlib.util
 import pytest
 import torch
 
+from napari_lightm.model.ops.launch import Scan
+from napari_lightm.model.scan import ScanArgs
 from napari_lightm.model.scan.reference import selective_scan_reference
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("Triton is not installed", allow_module_level=True)
 
 # the kernels the interpreted_module fixture (conftest.py) loads
-INTERPRETED_SOURCE = "src/napari_lightm/model/scan/triton_scan.py"
+INTERPRETED_SOURCE = "src/napari_lightm/model/scan/triton"
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
 @pytest.fixture(scope="module")
 def ts(interpreted_module):
-    """A private copy of ``triton_scan`` whose kernels run in Triton's interpreter."""
+    """A private copy of ``scan.triton`` whose kernels run in Triton's interpreter."""
     return interpreted_module
 
 
@@ -50,11 +52,9 @@ def inputs(bt=2, length=21, e=3, n=4, harsh=False, full=True, dtype=torch.float3
 def run_both(ts, args, softplus, chunk=8):
     """Triton (fp32) and reference (float64) outputs and gradients for the same leaves."""
     leaves = [None if t is None else t.clone().requires_grad_() for t in args]
-    y = ts.selective_scan_triton(*leaves[:7], delta_bias=leaves[7], delta_softplus=softplus,
-                                 chunk=chunk)
+    y = ts.selective_scan_triton(ScanArgs(*leaves, delta_softplus=softplus), chunk=chunk)
     leaves64 = [None if t is None else t.detach().double().requires_grad_() for t in args]
-    y64 = selective_scan_reference(*leaves64[:7], delta_bias=leaves64[7],
-                                   delta_softplus=softplus)
+    y64 = selective_scan_reference(ScanArgs(*leaves64, delta_softplus=softplus))
     gy = torch.randn(y64.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     used = [t for t in leaves if t is not None]
     used64 = [t for t in leaves64 if t is not None]
@@ -84,8 +84,8 @@ def test_forward_and_gradients_match_float64_reference(ts, full, softplus, harsh
 
 
 def test_flip_fallback_for_reverse_scans_is_exact(ts, monkeypatch):
-    """The path used where Triton's reverse scan mis-orders (see _reverse_scan_needs_flip)."""
-    monkeypatch.setattr(ts, "_flip_mode", lambda device: True)
+    """The path used where Triton's reverse scan mis-orders (see reverse_scan_needs_flip)."""
+    monkeypatch.setattr(ts.autograd, "_flip_mode", lambda device: True)
     _, _, grads = run_both(ts, inputs(seed=3), softplus=True)
     for name, (g, g64) in grads.items():
         assert rel(g, g64) < 1e-4, name
@@ -95,8 +95,8 @@ def test_flip_fallback_for_reverse_scans_is_exact(ts, monkeypatch):
 def test_channel_groups_of_the_backward_kernel(ts, monkeypatch, min_programs):
     """The chunk backward (WALK_BWD off): dB/dC summed over channels in registers (groups
     of blocks) or as per-block partials."""
-    monkeypatch.setattr(ts, "WALK_BWD", False)
-    monkeypatch.setattr(ts, "BWD_MIN_PROGRAMS", min_programs)  # 3 chunks x 3 channel blocks
+    monkeypatch.setattr(Scan, "WALK_BWD", False)
+    monkeypatch.setattr(Scan, "BWD_MIN_PROGRAMS", min_programs)  # 3 chunks x 3 channel blocks
     _, _, grads = run_both(ts, inputs(bt=1, e=9, seed=8), softplus=True)
     for name, (g, g64) in grads.items():
         assert rel(g, g64) < 1e-4, name
@@ -106,15 +106,14 @@ def test_channel_groups_of_the_backward_kernel(ts, monkeypatch, min_programs):
 def test_small_channel_blocks_in_every_kernel(ts, monkeypatch, states_be, adj_be):
     """E=9 over several channel blocks in the forward kernels (plain and state-keeping,
     whose settings differ) and in the adjoint pass of the backward."""
-    monkeypatch.setattr(ts, "FWD_BLOCK_E", 4)
-    monkeypatch.setattr(ts, "STATES_BLOCK_E", states_be)
-    monkeypatch.setattr(ts, "ADJ_BLOCK_E", adj_be)
+    monkeypatch.setattr(Scan, "FWD_BLOCK_E", 4)
+    monkeypatch.setattr(Scan, "STATES_BLOCK_E", states_be)
+    monkeypatch.setattr(Scan, "ADJ_BLOCK_E", adj_be)
     args = inputs(bt=2, e=9, seed=12)
     y, y64, grads = run_both(ts, args, softplus=True)
     assert rel(y, y64) < 1e-5
     with torch.no_grad():  # the plain forward (no states kept), in blocks of 4 channels
-        y_plain = ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True,
-                                           chunk=8)
+        y_plain = ts.selective_scan_triton(ScanArgs(*args, delta_softplus=True), chunk=8)
     assert rel(y_plain, y64) < 1e-5
     for name, (g, g64) in grads.items():
         assert rel(g, g64) < 1e-4, name
@@ -123,11 +122,12 @@ def test_small_channel_blocks_in_every_kernel(ts, monkeypatch, states_be, adj_be
 def force_super_chunks(ts, monkeypatch, fwd_sub, bwd_sub):
     """Exactly ``fwd_sub`` / ``bwd_sub`` chunks per super-chunk (both backward kernels),
     carry blocks of 2 summaries."""
-    monkeypatch.setattr(ts, "_sub_chunks", lambda chunks, others, min_programs, max_sub: max_sub)
-    monkeypatch.setattr(ts, "FWD_MAX_SUB", fwd_sub)
-    monkeypatch.setattr(ts, "BWD_MAX_SUB", bwd_sub)
-    monkeypatch.setattr(ts, "WALK_MAX_SUB", bwd_sub)
-    monkeypatch.setattr(ts, "CARRY_BLOCK_K", 2)  # the super-chunk summaries span carry blocks
+    monkeypatch.setattr(ts.autograd, "_sub_chunks",
+                        lambda chunks, others, min_programs, max_sub: max_sub)
+    monkeypatch.setattr(Scan, "FWD_MAX_SUB", fwd_sub)
+    monkeypatch.setattr(Scan, "BWD_MAX_SUB", bwd_sub)
+    monkeypatch.setattr(Scan, "WALK_MAX_SUB", bwd_sub)
+    monkeypatch.setattr(Scan, "CARRY_BLOCK_K", 2)  # the super-chunk summaries span carry blocks
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,7 @@ def test_super_chunks_match_float64_reference(ts, monkeypatch, fwd_sub, bwd_sub,
     """chunk=4 and L=21: K=6 chunks walked by super-chunks of 2..8 (full, partial, one)."""
     force_super_chunks(ts, monkeypatch, fwd_sub, bwd_sub)
     if flip:
-        monkeypatch.setattr(ts, "_flip_mode", lambda device: True)
+        monkeypatch.setattr(ts.autograd, "_flip_mode", lambda device: True)
     args = inputs(harsh=harsh, seed=10 + fwd_sub)
     y, y64, grads = run_both(ts, args, softplus=True, chunk=4)
     assert rel(y, y64) < 1e-5
@@ -153,9 +153,9 @@ def test_super_chunks_match_float64_reference(ts, monkeypatch, fwd_sub, bwd_sub,
 def test_super_chunks_with_channel_groups(ts, monkeypatch, min_programs):
     """The chunk backward: several channel blocks per program hand mu and the dA/dD sums
     over their own slots."""
-    monkeypatch.setattr(ts, "WALK_BWD", False)
+    monkeypatch.setattr(Scan, "WALK_BWD", False)
     force_super_chunks(ts, monkeypatch, 3, 4)  # backward: K=6 -> super-chunks of 4 + 2
-    monkeypatch.setattr(ts, "BWD_MIN_PROGRAMS", min_programs)  # E=9: 5 blocks of 2 channels
+    monkeypatch.setattr(Scan, "BWD_MIN_PROGRAMS", min_programs)  # E=9: 5 blocks of 2 channels
     _, _, grads = run_both(ts, inputs(bt=1, e=9, seed=11), softplus=True, chunk=4)
     for name, (g, g64) in grads.items():
         assert rel(g, g64) < 1e-4, name
@@ -170,8 +170,8 @@ def test_super_chunks_with_channel_groups(ts, monkeypatch, min_programs):
 def test_walk_backward_channel_blocks_and_super_chunks(ts, monkeypatch, e, block_e, sub, full):
     """The walk backward: channel blocks with a masked tail (their dB/dC partials summed),
     super-chunks walked last chunk to first (mu handed on in registers), chunk=4, L=21."""
-    monkeypatch.setattr(ts, "WALK_BWD", True)
-    monkeypatch.setattr(ts, "WALK_BLOCK_E", block_e)
+    monkeypatch.setattr(Scan, "WALK_BWD", True)
+    monkeypatch.setattr(Scan, "WALK_BLOCK_E", block_e)
     force_super_chunks(ts, monkeypatch, 2, sub)
     args = inputs(bt=2, e=e, full=full, seed=20 + e + sub)
     _, _, grads = run_both(ts, args, softplus=full, chunk=4)
@@ -185,16 +185,14 @@ def test_super_chunk_inference_stores_no_states(ts, monkeypatch):
     """Without grad the forward skips the per-chunk states but gives the same ``y``."""
     force_super_chunks(ts, monkeypatch, 4, 4)
     stored = []
-    original = ts._forward
-    monkeypatch.setattr(ts, "_forward", lambda *a, **k: stored.append(original(*a, **k)) or
+    original = ts.autograd._forward
+    monkeypatch.setattr(ts.autograd, "_forward", lambda *a, **k: stored.append(original(*a, **k)) or
                         stored[-1])
     args = inputs(seed=12)
     with torch.no_grad():
-        y_inf = ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True,
-                                         chunk=4)
+        y_inf = ts.selective_scan_triton(ScanArgs(*args, delta_softplus=True), chunk=4)
     leaves = [t.clone().requires_grad_() for t in args]
-    y = ts.selective_scan_triton(*leaves[:7], delta_bias=leaves[7], delta_softplus=True,
-                                 chunk=4)
+    y = ts.selective_scan_triton(ScanArgs(*leaves, delta_softplus=True), chunk=4)
     assert stored[0][1] is None
     assert stored[1][1].shape == (2, 6, 3, 4)  # [Bt, K, E, N]: every chunk's end state
     torch.testing.assert_close(y_inf, y.detach(), rtol=0, atol=0)
@@ -207,19 +205,19 @@ def test_super_chunk_inference_stores_no_states(ts, monkeypatch):
 )
 def test_sub_chunk_policy(ts, chunks, others, min_programs, max_sub, want):
     """As many chunks per program as keep ``min_programs`` programs, within 1..max_sub."""
-    assert ts._sub_chunks(chunks, others, min_programs, max_sub) == want
+    assert ts.autograd._sub_chunks(chunks, others, min_programs, max_sub) == want
 
 
 def spy_forward(ts, monkeypatch) -> list:
     """Record ``(chunk, states kept, start states handed in)`` of every ``_forward`` call."""
     calls = []
-    forward = ts._forward
+    forward = ts.autograd._forward
 
     def spy(*args, store_states, starts=None):
         calls.append((args[9], store_states, starts is not None))
         return forward(*args, store_states=store_states, starts=starts)
 
-    monkeypatch.setattr(ts, "_forward", spy)
+    monkeypatch.setattr(ts.autograd, "_forward", spy)
     return calls
 
 
@@ -230,7 +228,7 @@ def checkpointed_scan(ts, args, context_fn):
     leaves = [t.clone().requires_grad_() for t in args]
 
     def scan(*t):
-        return ts.selective_scan_triton(*t[:7], delta_bias=t[7], delta_softplus=True)
+        return ts.selective_scan_triton(ScanArgs(*t, delta_softplus=True))
 
     y = checkpoint(scan, *leaves, use_reentrant=False, context_fn=context_fn,
                    determinism_check="none")
@@ -242,7 +240,7 @@ def assert_float64_gradients(args, y, leaves) -> None:
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     grads = torch.autograd.grad(y, leaves, gy.float())
     leaves64 = [t.detach().double().requires_grad_() for t in args]
-    y64 = selective_scan_reference(*leaves64[:7], delta_bias=leaves64[7], delta_softplus=True)
+    y64 = selective_scan_reference(ScanArgs(*leaves64, delta_softplus=True))
     assert rel(y, y64) < 1e-5
     for name, g, g64 in zip(NAMES, grads, torch.autograd.grad(y64, leaves64, gy)):
         assert rel(g, g64) < 1e-4, name
@@ -260,12 +258,12 @@ def test_first_pass_of_recomputation_keeps_no_states_and_exact_gradients(ts, mon
         return ts.first_pass_of_recomputation(), contextlib.nullcontext()
 
     y, leaves = checkpointed_scan(ts, args, contexts)
-    assert calls == [(ts.INFER_CHUNK, False, False)]
+    assert calls == [(Scan.INFER_CHUNK, False, False)]
     assert_float64_gradients(args, y, leaves)  # the backward runs the recomputation
-    assert calls == [(ts.INFER_CHUNK, False, False), (ts.DEFAULT_CHUNK, True, False)]
+    assert calls == [(Scan.INFER_CHUNK, False, False), (Scan.DEFAULT_CHUNK, True, False)]
     with ts.first_pass_of_recomputation():  # the flag is scoped
         pass
-    assert not getattr(ts._STATE, "first_pass", False)
+    assert not getattr(ts.recompute.STATE, "first_pass", False)
 
 
 @pytest.mark.parametrize(("fwd_sub", "reused"), [(4, True), (1, False)],
@@ -277,22 +275,23 @@ def test_recomputation_reuses_the_first_pass_super_chunk_states(ts, monkeypatch,
     the carry (when its chunks tile the same super-chunks); gradients equal float64's."""
     force_super_chunks(ts, monkeypatch, fwd_sub, 1)
     carries = []
-    carry = ts._carry
-    monkeypatch.setattr(ts, "_carry", lambda *a, **k: carries.append(k["reverse"]) or
+    carry = ts.autograd.carry
+    monkeypatch.setattr(ts.autograd, "carry", lambda *a, **k: carries.append(k["reverse"]) or
                         carry(*a, **k))
     calls = spy_forward(ts, monkeypatch)
     args = inputs(length=37, seed=13)
     y, leaves = checkpointed_scan(ts, args, ts.recomputation_contexts)
     assert_float64_gradients(args, y, leaves)
     # the recomputation got the first pass's states
-    assert calls == [(ts.INFER_CHUNK, False, False), (ts.DEFAULT_CHUNK, True, True)]
+    assert calls == [(Scan.INFER_CHUNK, False, False), (Scan.DEFAULT_CHUNK, True, True)]
     # forward carry of the first pass, (the recomputation's only if not reused), reverse
     assert carries == ([False, True] if reused else [False, False, True])
-    assert getattr(ts._STATE, "replay", None) is None and ts._STATE.handoff is None
+    state = ts.recompute.STATE
+    assert getattr(state, "replay", None) is None and state.handoff is None
 
 
 def test_reverse_scan_probe_passes_in_interpreter(ts):
-    assert ts._reverse_scan_needs_flip(-1) is False
+    assert ts.common.reverse_scan_needs_flip(-1) is False
 
 
 @pytest.mark.parametrize(("sub", "chunk", "seed"), [(None, 8, 4), (3, 4, 13)],
@@ -301,10 +300,8 @@ def test_bfloat16_inputs_keep_float32_state(ts, monkeypatch, sub, chunk, seed):
     if sub is not None:
         force_super_chunks(ts, monkeypatch, sub, sub)
     args = inputs(dtype=torch.bfloat16, seed=seed)
-    y = ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True,
-                                 chunk=chunk)
-    ref = selective_scan_reference(*[t.double() for t in args[:7]], delta_bias=args[7].double(),
-                                   delta_softplus=True)
+    y = ts.selective_scan_triton(ScanArgs(*args, delta_softplus=True), chunk=chunk)
+    ref = selective_scan_reference(ScanArgs(*[t.double() for t in args], delta_softplus=True))
     assert y.dtype == torch.bfloat16
     assert rel(y.float(), ref) < 1e-2  # only the output rounding to bfloat16
 
@@ -314,8 +311,9 @@ def test_strided_token_major_views_need_no_copy(ts):
     u, delta, a, b, c, d, z, bias = inputs(seed=5)
     xz = torch.cat([u, z], dim=-1)
     x_view, z_view = xz.split(u.shape[-1], dim=-1)
-    y_view = ts.selective_scan_triton(x_view, delta, a, b, c, d, z_view, bias, True, chunk=16)
-    y = ts.selective_scan_triton(u, delta, a, b, c, d, z, bias, True, chunk=16)
+    y_view = ts.selective_scan_triton(ScanArgs(x_view, delta, a, b, c, d, z_view, bias, True),
+                                      chunk=16)
+    y = ts.selective_scan_triton(ScanArgs(u, delta, a, b, c, d, z, bias, True), chunk=16)
     torch.testing.assert_close(y_view, y, rtol=0, atol=0)
 
 
@@ -333,10 +331,10 @@ def test_bad_input_is_named(ts, change, message):
     args = inputs(seed=6)
     change(args)
     with pytest.raises(ValueError, match=message):
-        ts.selective_scan_triton(*args[:7], delta_bias=args[7], delta_softplus=True, chunk=8)
+        ts.selective_scan_triton(ScanArgs(*args, delta_softplus=True), chunk=8)
 
 
 def test_chunk_must_be_a_power_of_two(ts):
     args = inputs(seed=7)
     with pytest.raises(ValueError, match="power of two"):
-        ts.selective_scan_triton(*args, chunk=12)
+        ts.selective_scan_triton(ScanArgs(*args), chunk=12)

@@ -1,9 +1,10 @@
-"""Issue 6 acceptance: the dock widget's loops in a real viewer under Xvfb.
+"""The dock widget's loops in a real viewer under Xvfb.
 
 Segment (aligned, undoable, cancellable, reviewed slices kept), click-to-segment,
 fine-tune on reviewed slices (Dice before/after), responsiveness during a CPU run.
 Models are tiny (``init_filters=8``, 2D) and the CT phantom small so the module runs
-in a few minutes on 2 CPU cores.
+in a few minutes on 2 CPU cores. The documentation's screenshots are made by
+``docs/make_screenshots.py`` (same steps), never by the tests.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import pytest
 
 pytestmark = pytest.mark.gui
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
 SHAPE = (16, 64, 64)
 WAIT_MS = 180_000
 
@@ -43,15 +43,6 @@ def liver_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice of the phantom's liver (label 1), the organ a few slices can teach a tiny model."""
     t, p = truth == 1, pred == 1
     return float(2 * (t & p).sum() / max(t.sum() + p.sum(), 1))
-
-
-def save_screenshot(viewer, name: str) -> Path:
-    """Full-window screenshot (widget included) under docs/, kept small."""
-    DOCS.mkdir(exist_ok=True)
-    path = DOCS / name
-    viewer.screenshot(path=str(path), canvas_only=False, flash=False)
-    assert path.stat().st_size < 600_000
-    return path
 
 
 def wait_idle(qtbot, widget) -> None:
@@ -97,14 +88,16 @@ def setup(make_napari_viewer_proxy, ct, tmp_path, monkeypatch):
 def test_segment_image_is_aligned_undoable_and_keeps_reviewed(setup, ct, tuned, qtbot):
     viewer, widget, layer = setup
     image, _, geometry = ct
-    seg = tuned  # briefly trained, so the screenshot shows organs
+    seg = tuned  # briefly trained, so it predicts organs
     widget.model.set_segmenter(seg, name="tuned")
     labels = widget.labels_layer(create=True)
-    # earlier work: a user label on slice 3 (reviewed) and a stray label on slice 9
+    # earlier work: a user label on slice 3 (then marked reviewed) and an earlier model
+    # label on slice 9 (no truth: the new prediction replaces it)
     labels.data_setitem((np.full(4, 3), np.arange(4), np.arange(4)), 1)
-    labels.data_setitem((np.full(4, 9), np.arange(4), np.arange(4)), 2)
-    labels.metadata["lightm_reviewed"][:] = False
-    labels.metadata["lightm_reviewed"][3] = True  # (both edits marked their slice; keep 3)
+    stray = np.zeros(image.shape, bool)
+    stray[9, np.arange(4), np.arange(4)] = True
+    widget.tracker.write(labels, np.full(image.shape, 2, np.uint8), where=stray)
+    widget.tracker.mark(labels, [3])
     before = np.array(labels.data)
 
     widget.segment_image_button.click()
@@ -124,7 +117,6 @@ def test_segment_image_is_aligned_undoable_and_keeps_reviewed(setup, ct, tuned, 
     np.testing.assert_array_equal(out.data[unreviewed], expected[unreviewed])
     np.testing.assert_array_equal(out.data[3], before[3])  # reviewed slice untouched
     assert not out.metadata["lightm_reviewed"][unreviewed].any()  # model writes review nothing
-    save_screenshot(viewer, "screenshot_segment.png")
 
     out.undo()  # one Ctrl+Z undoes the whole prediction
     np.testing.assert_array_equal(out.data, before)
@@ -204,6 +196,7 @@ def test_click_positive_adds_the_component_negative_removes_it(setup, ct, tuned,
     from scipy import ndimage
 
     from napari_lightm._napari._click import click_roi
+    from napari_lightm._napari.annotation import click_disc
 
     viewer, widget, layer = setup
     image, truth, geometry = ct
@@ -223,6 +216,8 @@ def test_click_positive_adds_the_component_negative_removes_it(setup, ct, tuned,
     comps, _ = ndimage.label(prediction == cls)
     expected = np.zeros(image.shape, np.uint8)
     expected[region][comps == comps[rel]] = cls
+    disc = click_disc(image.shape, index)  # the click's own disc is truth of its class
+    expected[disc] = cls
 
     widget.click_button.click()  # click mode: a Points layer in add mode
     points = viewer.layers["LightM clicks"]
@@ -234,14 +229,14 @@ def test_click_positive_adds_the_component_negative_removes_it(setup, ct, tuned,
     labels = widget.labels_layer()
     np.testing.assert_array_equal(labels.data, expected)
     assert widget.clicks.last_changed == int((expected > 0).sum())
-    viewer.dims.set_point(0, world[0])  # show the clicked slice
-    save_screenshot(viewer, "screenshot_click.png")
 
-    widget.polarity_button.click()  # negative
+    widget.polarity_button.click()  # negative, on the object away from the first click
     assert not widget.clicks.positive
-    points.add(points.world_to_data(world))
+    away = (z, *np.argwhere((expected[z] > 0) & ~disc[z])[0])
+    points.add(points.world_to_data(layer.data_to_world(away)))
     assert not widget.runner.busy  # a removal needs no model run
-    assert not labels.data.any()
+    # the object is gone, except the positive click's disc: that is the user's truth
+    np.testing.assert_array_equal(labels.data, np.where(disc, cls, 0))
     labels.undo()  # each click is one undo step
     np.testing.assert_array_equal(labels.data, expected)
 
@@ -256,17 +251,19 @@ def test_finetune_on_three_reviewed_slices_raises_unreviewed_dice(setup, ct, qtb
     unreviewed = np.setdiff1d(np.arange(SHAPE[0]), reviewed)
     before = liver_dice(seg.predict(image, geometry)[unreviewed], truth[unreviewed])
 
-    # the user corrects 3 slices: paint the truth there (user edits -> reviewed)
+    # the user corrects 3 slices (paints the truth there) and marks them reviewed
     labels = widget.labels_layer(create=True)
     for z in reviewed:
         idx = np.nonzero(truth[z])
         labels.data_setitem((np.full(idx[0].size, z), *idx), truth[z][idx])
+    assert not labels.metadata["lightm_reviewed"].any()  # painting alone reviews nothing
+    widget.tracker.mark(labels, reviewed)
     assert np.flatnonzero(labels.metadata["lightm_reviewed"]).tolist() == reviewed
     reviewed_before = np.array(labels.data[reviewed])
 
     widget.finetune.max_seconds.setValue(0)
     widget.finetune.max_steps.setValue(60)
-    assert widget.finetune.learning_rate(seg) == 3e-3  # "auto" for a never-trained model
+    assert widget.finetune.learning_rate() is None  # "auto": the recipe picks it
     widget.finetune.finetune_button.click()
     wait_idle(qtbot, widget)
     assert widget.runner.last_status == "finished"
@@ -278,8 +275,6 @@ def test_finetune_on_three_reviewed_slices_raises_unreviewed_dice(setup, ct, qtb
 
     widget.finetune.unreviewed_button.click()
     wait_idle(qtbot, widget)
-    viewer.dims.set_point(0, layer.data_to_world([6, 0, 0])[0])  # an unreviewed slice
-    save_screenshot(viewer, "screenshot_finetune.png")
     after = liver_dice(labels.data[unreviewed], truth[unreviewed])
     print(f"liver Dice of the unreviewed slices: before {before:.3f}, after {after:.3f}")
     # measured: before 0.00 (untrained), after 0.69 (0.68-0.78 with one thread, AVX2
@@ -296,7 +291,7 @@ def test_demo_runs_the_whole_loop(setup, qtbot, monkeypatch):
 
     viewer, widget, layer = setup
     monkeypatch.setattr(_demo, "DEMO_SHAPE", SHAPE)
-    monkeypatch.setattr(_demo, "DEMO_SECONDS", 3)
+    monkeypatch.setattr(_demo, "DEMO_STEPS", 3)
     widget.demo_button.click()
     # fine-tune, then "segment unreviewed" starts by itself
     qtbot.waitUntil(lambda: widget.runner.name == "segment unreviewed", timeout=WAIT_MS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +122,104 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
     with pytest.raises(LabelWriteError, match="could not write"):
         write_labels(target, some_labels((3, 4, 5)), Geometry.identity(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz"]
+
+
+# --- atomic writes: what was written is read back before it replaces anything --------------
+
+
+def write_other_labels(monkeypatch, change):
+    """Make SimpleITK write something else than asked (``change`` maps the image)."""
+    import SimpleITK as sitk
+
+    real = sitk.WriteImage
+
+    def write(image, path, *args, **kwargs):
+        real(change(image), path, *args, **kwargs)
+
+    monkeypatch.setattr(sitk, "WriteImage", write)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha", ".mhd", ".png"])
+def test_labels_that_read_back_different_are_refused_and_old_file_kept(
+    tmp_path, monkeypatch, suffix
+):
+    shape = (20, 24) if suffix == ".png" else (3, 20, 24)
+    path = write_labels(tmp_path / f"l{suffix}", some_labels(shape), Geometry.identity(len(shape)))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    write_other_labels(monkeypatch, lambda image: image + 1)
+    with pytest.raises(LabelWriteError, match="reads back as .* voxels that differ") as err:
+        write_labels(path, some_labels(shape), Geometry.identity(len(shape)))
+    assert "the previous file is unchanged" in str(err.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_header_that_reads_back_different_is_refused(tmp_path, monkeypatch):
+    def shifted(image):
+        image.SetOrigin([o + 1.0 for o in image.GetOrigin()])
+        return image
+
+    write_other_labels(monkeypatch, shifted)
+    with pytest.raises(LabelWriteError, match="written header has origin") as err:
+        write_labels(tmp_path / "l.nrrd", some_labels((3, 4, 5)), Geometry.identity(3))
+    assert "nothing was written" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mhd_pair_is_replaced_together(tmp_path):
+    old = some_labels((3, 4, 5), top=1)
+    write_labels(tmp_path / "l.mhd", old, Geometry.identity(3))
+    new = some_labels((3, 4, 5), top=3)
+    write_labels(tmp_path / "l.mhd", new, Geometry((0.5, 0.6, 0.7)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.mhd", "l.raw"]
+    assert "ElementDataFile = l.raw" in (tmp_path / "l.mhd").read_text()
+    again, geometry = read_image(tmp_path / "l.mhd")
+    np.testing.assert_array_equal(again, new)
+    assert geometry.spacing == pytest.approx((0.5, 0.6, 0.7))
+
+
+def test_failed_mhd_header_rename_puts_the_old_data_back(tmp_path, monkeypatch):
+    write_labels(tmp_path / "l.mhd", some_labels((3, 4, 5), top=1), Geometry.identity(3))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("l.mhd"):
+            raise OSError(28, "No space left on device", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(LabelWriteError, match="No space left on device"):
+        write_labels(tmp_path / "l.mhd", some_labels((3, 4, 5), top=3), Geometry.identity(3))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_replacing_keeps_the_file_mode_and_new_files_follow_the_umask(tmp_path):
+    path = write_labels(tmp_path / "l.nii.gz", some_labels((3, 4, 5)))
+    path.chmod(0o640)
+    write_labels(path, some_labels((3, 4, 5), top=2))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    umask = os.umask(0)
+    os.umask(umask)
+    fresh = write_labels(tmp_path / "new.nrrd", some_labels((3, 4, 5)))
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda d: d.update(spacing=[1.0, float("nan"), 1.0]),
+        lambda d: d.update(direction=[1.0, 0.5, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]),
+        lambda d: d.pop("spacing"),
+        lambda d: d.update(origin="here"),
+    ],
+    ids=["nan spacing", "sheared", "no spacing", "text origin"],
+)
+def test_tampered_geometry_metadata_is_refused_and_old_file_kept(tmp_path, tamper):
+    path = tmp_path / "l.nii.gz"
+    path.write_bytes(b"previous labels")
+    d = Geometry.identity(3).to_dict()
+    tamper(d)
+    with pytest.raises(LabelWriteError, match="invalid geometry") as err:
+        write_labels(path, some_labels((3, 4, 5)), d)
+    assert str(path) in str(err.value)
+    assert path.read_bytes() == b"previous labels"

@@ -12,8 +12,10 @@ Sections (each guarded: a failure is printed and the run goes on):
    Adam train step 2x1x128^3 with peak memory; official (mamba_ssm.Mamba inside the same
    network) vs ours.
 
-Every table goes through ``benchmarks._results.record`` (set ``LIGHTM_RESULTS`` to
-collect them in another file). Run: ``python benchmarks/gpu/bench_gpu.py [--quick]``.
+Every table goes through ``benchmarks._results.record`` (JSON lines in the ignored
+``benchmarks/results/``; set ``LIGHTM_RESULTS_DIR`` to collect them in another folder; the
+current tables are in ``docs/benchmarks.md``; the parity checks are also the gpu-marked tests
+of ``tests/test_parity_gpu.py``). Run: ``python benchmarks/gpu/bench_gpu.py [--quick]``.
 """
 
 from __future__ import annotations
@@ -32,12 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root fo
 from benchmarks._results import record
 
 from napari_lightm.model import LightMUNet, Mamba
-from napari_lightm.model.scan import (
-    is_available,
-    selective_scan,
-    triton_scan,
-)
+from napari_lightm.model.ops.launch import Scan as scan_launch
+from napari_lightm.model.scan import ScanArgs, is_available, selective_scan
 from napari_lightm.model.scan.reference import selective_scan_reference
+from napari_lightm.model.scan.triton import selective_scan_triton
+from napari_lightm.model.scan.triton.common import flip_mode
 
 DEV = torch.device("cuda")
 SCAN_SHAPES = [(64, 2_097_152), (64, 262_144), (128, 262_144), (512, 4_096)]  # (E, L), Bt=1
@@ -135,8 +136,8 @@ def parity_reference(rows: list) -> None:
             grads = torch.autograd.grad(y, leaves, gy)
             ref_leaves = [t.detach().double().requires_grad_() for t in args]
             u, delta, a, b, c, d, z, bias = ref_leaves
-            yr = selective_scan_reference(u, delta, a, b, c, d, z, delta_bias=bias,
-                                          delta_softplus=True)
+            yr = selective_scan_reference(ScanArgs(u, delta, a, b, c, d, z, delta_bias=bias,
+                                                   delta_softplus=True))
             grads_r = torch.autograd.grad(yr, ref_leaves, gy.double())
             g_err = max(rel_err(x, r) for x, r in zip(grads, grads_r))
             rows.append([f"triton vs reference f64 ({'harsh' if harsh else 'plain'}, "
@@ -230,11 +231,11 @@ def triton_sweep() -> tuple[int, int] | None:
     """
     args = scan_inputs(1, 2_097_152, 64)
     rows, best = [], None
-    ts = triton_scan
+    ts = scan_launch
 
     def fwd():
         u, delta, a, b, c, d, z, bias = args
-        return ts.selective_scan_triton(u, delta, a, b, c, d, z, bias, True)
+        return selective_scan_triton(ScanArgs(u, delta, a, b, c, d, z, bias, True))
 
     for chunk, be, warps, sub in ((32, 8, 4, 1), (16, 16, 4, 64), (16, 16, 4, 16),
                                   (16, 32, 8, 64), (16, 16, 8, 64), (8, 32, 4, 128),
@@ -280,7 +281,11 @@ def triton_sweep() -> tuple[int, int] | None:
 def kernel_timings() -> None:
     """The fused conv / norm kernels against the torch ops they replace, at the 128^3 level
     (L=2,097,152 tokens, C=32, E=64), with a small sweep of their launch constants."""
-    from napari_lightm.model.kernels import conv, norms
+    from napari_lightm.model.ops.conv1d.triton import causal_conv1d_silu
+    from napari_lightm.model.ops.launch import Conv1d as conv
+    from napari_lightm.model.ops.launch import Norms as norms
+    from napari_lightm.model.ops.norms.group_norm_triton import group_norm_relu
+    from napari_lightm.model.ops.norms.layer_norm_triton import layer_norm, residual_layer_norm
 
     L, C, E = 2_097_152, 32, 64
     rows = []
@@ -301,12 +306,12 @@ def kernel_timings() -> None:
     keep = conv.FWD_BLOCK_L, conv.FWD_BLOCK_E, conv.FWD_WARPS
     for bl, be, warps in (keep, (32, 64, 8), (16, 64, 4), (128, 32, 8)):
         conv.FWD_BLOCK_L, conv.FWD_BLOCK_E, conv.FWD_WARPS = bl, be, warps
-        timed("conv+SiLU fwd, triton", lambda: conv.causal_conv1d_silu(x, w, bias), gb,
+        timed("conv+SiLU fwd, triton", lambda: causal_conv1d_silu(x, w, bias), gb,
               f"{bl}x{be}, {warps} warps")
     conv.FWD_BLOCK_L, conv.FWD_BLOCK_E, conv.FWD_WARPS = keep
     xg = x.detach().clone().requires_grad_()
     wg = w.clone().requires_grad_()
-    y = conv.causal_conv1d_silu(xg, wg, bias)
+    y = causal_conv1d_silu(xg, wg, bias)
     gy = torch.randn_like(y)
     keep = conv.BWD_BLOCK_L, conv.BWD_BLOCK_E, conv.BWD_WARPS, conv.DX_WARPS
     for bl, be, warps, dx_warps in (keep, (32, 64, 4, 4), (16, 64, 2, 2), (16, 32, 4, 4),
@@ -327,10 +332,10 @@ def kernel_timings() -> None:
     keep = norms.LN_FWD_TILE, norms.LN_FWD_WARPS
     for tile, warps in (keep, (4096, 4), (8192, 8), (1024, 2)):
         norms.LN_FWD_TILE, norms.LN_FWD_WARPS = tile, warps
-        timed("LayerNorm fwd, triton", lambda: norms.layer_norm(t, lw, lb), gb,
+        timed("LayerNorm fwd, triton", lambda: layer_norm(t, lw, lb), gb,
               f"tile {tile}, {warps} warps")
         timed("residual+LayerNorm fwd, triton",
-              lambda: norms.residual_layer_norm(a, t, s1, lw, lb), 1.5 * gb,
+              lambda: residual_layer_norm(a, t, s1, lw, lb), 1.5 * gb,
               f"tile {tile}, {warps} warps")
     norms.LN_FWD_TILE, norms.LN_FWD_WARPS = keep
 
@@ -342,18 +347,18 @@ def kernel_timings() -> None:
     for tile, sw, aw in ((4096, 4, 4), (8192, 8, 8), (2048, 4, 4), (16384, 8, 8)):
         norms.GN_TILE, norms.GN_STATS_WARPS, norms.GN_APPLY_WARPS = tile, sw, aw
         timed("GroupNorm+ReLU fwd, triton (channels-last)",
-              lambda: norms.group_norm_relu(fmap_cl, 8, gw, gbias), 1.5 * gb,
+              lambda: group_norm_relu(fmap_cl, 8, gw, gbias), 1.5 * gb,
               f"tile {tile}, {sw}/{aw} warps")
     norms.GN_TILE, norms.GN_STATS_WARPS, norms.GN_APPLY_WARPS = 4096, 4, 4
     timed("GroupNorm+ReLU fwd, triton (NCDHW input)",
-          lambda: norms.group_norm_relu(fmap, 8, gw, gbias), 1.5 * gb)
+          lambda: group_norm_relu(fmap, 8, gw, gbias), 1.5 * gb)
     xg = fmap_cl.clone().requires_grad_()
-    y = norms.group_norm_relu(xg, 8, gw.requires_grad_(), gbias)
+    y = group_norm_relu(xg, 8, gw.requires_grad_(), gbias)
     gy = torch.randn_like(y)
     timed("GroupNorm+ReLU bwd, triton", lambda: torch.autograd.grad(y, [xg, gw], gy,
           retain_graph=True), 2.5 * gb)
     tg = t.clone().requires_grad_()
-    y = norms.layer_norm(tg, lw.requires_grad_(), lb)
+    y = layer_norm(tg, lw.requires_grad_(), lb)
     gl = torch.randn_like(y)
     timed("LayerNorm bwd, triton", lambda: torch.autograd.grad(y, [tg, lw], gl,
           retain_graph=True), 3 * gb)
@@ -404,8 +409,8 @@ def scan_timings(chunk: int, quick: bool) -> None:
         torch.cuda.empty_cache()
     record("GPU: selective scan, mamba-ssm vs ours (fp32, Bt=1, N=16)",
            ["shape", "backend", "fwd ms", "fwd+bwd ms", "fwd GB/s (u,delta,z,y,B,C once)"], rows,
-           notes=f"triton chunk={chunk}, channels/program={triton_scan.FWD_BLOCK_E}; "
-                 f"reverse scan via flip: {triton_scan._flip_mode(DEV)}")
+           notes=f"triton chunk={chunk}, channels/program={scan_launch.FWD_BLOCK_E}; "
+                 f"reverse scan via flip: {flip_mode(DEV)}")
 
 
 # ---------------------------------------------------------------- whole network
@@ -529,7 +534,7 @@ def network_training(quick: bool, compile_: bool) -> None:
     name = "ours (" + ours.scan_backend + ")"
     variants += [(f"{name} + {how}, fp32", fused, "fp32"),
                  (f"{name} + {how}, TF32 matmuls", fused, "tf32")]
-    other = not triton_scan.WALK_BWD  # the scan's other backward, same network
+    other = not scan_launch.WALK_BWD  # the scan's other backward, same network
     variants.append((f"{name} + {how}, fp32, {'walk' if other else 'chunk'} backward "
                      f"(WALK_BWD={other})", fused, "fp32", {"WALK_BWD": other}))
     if compile_:
@@ -541,9 +546,9 @@ def network_training(quick: bool, compile_: bool) -> None:
     rows, base = [], None
     for label, net, mode, *settings in variants:
         opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-5, eps=1e-5)
-        keep = {k: getattr(triton_scan, k) for k in (settings[0] if settings else {})}
+        keep = {k: getattr(scan_launch, k) for k in (settings[0] if settings else {})}
         for k, v in (settings[0] if settings else {}).items():
-            setattr(triton_scan, k, v)
+            setattr(scan_launch, k, v)
 
         def step(net=net, opt=opt, mode=mode):
             opt.zero_grad(set_to_none=True)
@@ -568,7 +573,7 @@ def network_training(quick: bool, compile_: bool) -> None:
             continue
         finally:
             for k, v in keep.items():
-                setattr(triton_scan, k, v)
+                setattr(scan_launch, k, v)
         base = base or ms
         rows.append(["2x1x128x128x128", label, ms, mem, base / ms, first])
         print(rows[-1], flush=True)
@@ -587,7 +592,7 @@ def backward_sweep() -> None:
     the defaults first): the walk backward against the chunk backward (and the walk's
     channels per program, warps, super-chunks), the chunk backward's gradient kernel
     (chunk, channels per program, warps) and the adjoint pass both use (channels, warps)."""
-    ts = triton_scan
+    ts = scan_launch
     groups = {
         "walk backward": (("WALK_BWD", "WALK_BLOCK_E", "WALK_WARPS"),
                           ((False, 32, 1), (True, 64, 2), (True, 64, 1), (True, 32, 2),
@@ -674,7 +679,7 @@ def main() -> None:
     print(torch.cuda.get_device_name(0), "torch", torch.__version__, "triton", triton.__version__,
           "mamba_ssm:",
           is_available("mamba_ssm"), "triton:", is_available("triton"), flush=True)
-    print("reverse scan needs flip:", triton_scan._flip_mode(DEV), flush=True)
+    print("reverse scan needs flip:", flip_mode(DEV), flush=True)
     rows: list = []
     parity_reference(rows)
     if is_available("mamba_ssm"):
@@ -692,7 +697,7 @@ def main() -> None:
             parity_reference(rows)
             record("GPU: parity of triton with the settings chosen by the sweep",
                    ["check", "shape", "output", "gradients"], rows)
-        scan_timings(best[0] if best else triton_scan.INFER_CHUNK, opts.quick)
+        scan_timings(best[0] if best else scan_launch.INFER_CHUNK, opts.quick)
     if opts.bwd_sweep:
         backward_sweep()
     if opts.engine:

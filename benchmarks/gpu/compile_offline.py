@@ -27,7 +27,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from napari_lightm.model.scan import triton_scan as ts  # noqa: E402
+from napari_lightm.model.ops.launch import Scan as launch  # noqa: E402
+from napari_lightm.model.scan.triton import backward, backward_walk, chunk_scan  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 E, L, N, BT = 64, 2_097_152, 16, 2
@@ -57,26 +58,27 @@ def kernels():
                    sc_b=L * 48, sc_t=48, sz_b=L * 2 * E, sz_t=2 * E, sdy_b=L * E, sdy_t=E,
                    sy_b=L * E, sy_t=E)
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
-    ks_w = k16 // ts.WALK_MAX_SUB
-    yield ("walk_bwd", ts._walk_bwd_kernel,
-           dict(L=L, E=E, N=N, K=k16, KS=ks_w, SUB=ts.WALK_MAX_SUB, Bt=BT, se=0, sn=1, **strides),
-           dict(flags, T=16, BE=ts.WALK_BLOCK_E, BN=16), ts.WALK_WARPS, ("se", "sn"))
-    yield ("chunk_bwd", ts._chunk_bwd_kernel,
+    ks_w = k16 // launch.WALK_MAX_SUB
+    yield ("walk_bwd", backward_walk._walk_bwd_kernel,
+           dict(L=L, E=E, N=N, K=k16, KS=ks_w, SUB=launch.WALK_MAX_SUB, Bt=BT, se=0, sn=1,
+                **strides),
+           dict(flags, T=16, BE=launch.WALK_BLOCK_E, BN=16), launch.WALK_WARPS, ("se", "sn"))
+    yield ("chunk_bwd", backward._chunk_bwd_kernel,
            dict(L=L, E=E, N=N, K=k16, KS=k16, SUB=1, Bt=BT, **strides),
-           dict(flags, FLIP=False, T=16, BE=ts.BWD_BLOCK_E, BN=16, BLOCKS_PER_PROG=32),
-           ts.BWD_WARPS, ())
-    yield ("chunk_adj", ts._chunk_adj_kernel,
-           dict(L=L, E=E, N=N, K=k16, KS=ks_w, SUB=ts.WALK_MAX_SUB, **strides),
-           dict(HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, FLIP=False, T=16, BE=ts.ADJ_BLOCK_E,
-                BN=16), ts.ADJ_WARPS, ())
+           dict(flags, FLIP=False, T=16, BE=launch.BWD_BLOCK_E, BN=16, BLOCKS_PER_PROG=32),
+           launch.BWD_WARPS, ())
+    yield ("chunk_adj", backward._chunk_adj_kernel,
+           dict(L=L, E=E, N=N, K=k16, KS=ks_w, SUB=launch.WALK_MAX_SUB, **strides),
+           dict(HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, FLIP=False, T=16, BE=launch.ADJ_BLOCK_E,
+                BN=16), launch.ADJ_WARPS, ())
     k8 = L // 8
-    yield ("chunk_out", ts._chunk_out_kernel,
+    yield ("chunk_out", chunk_scan._chunk_out_kernel,
            dict(L=L, E=E, N=N, K=k8, KS=k8 // 64, SUB=64, **strides),
-           dict(flags, STORE_STATES=False, T=8, BE=ts.FWD_BLOCK_E, BN=16), ts.FWD_WARPS, ())
+           dict(flags, STORE_STATES=False, T=8, BE=launch.FWD_BLOCK_E, BN=16), launch.FWD_WARPS, ())
     for name in ("walk_out", "walk_end", "walk_adj"):
-        fn = getattr(ts, f"_{name}_kernel", None)
+        fn = getattr(backward_walk, f"_{name}_kernel", None)
         if fn is not None:
-            yield from ts._offline_kernel_specs(name, fn, strides, flags)
+            yield from backward_walk._offline_kernel_specs(name, fn, strides, flags)
 
 
 def sass_counts(cubin: bytes, tools: Path) -> collections.Counter:
@@ -118,12 +120,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", help="kernels to compile (default: all)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="override a triton_scan launch constant first (e.g. WALK_BLOCK_E=32)")
+                    help="override a scan launch constant (ops/launch.py's Scan) first, "
+                         "e.g. WALK_BLOCK_E=32")
     ap.add_argument("--dump", type=Path, help="write each kernel's TTGIR, PTX and SASS here")
     args = ap.parse_args()
     for item in args.set:
         key, value = item.split("=")
-        setattr(ts, key, int(value))
+        setattr(launch, key, int(value))
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     os.environ.setdefault("TRITON_PTXAS_PATH", str(tools / "ptxas"))
     print(f"triton {triton.__version__}, target sm_90")

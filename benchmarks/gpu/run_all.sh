@@ -2,14 +2,15 @@
 # ONE command on the GPU machine (device tool, carry [".gpu"]): build/install mamba-ssm
 # from .gpu/ (see ../shared/gpu/README.md; a prebuilt wheel in .gpu/ skips the build),
 # then the parity checks + timings of bench_gpu.py and the tests marked gpu.
-# Logs and the recorded tables go to $OUT (RESULTS_gpu.md: append it to
-# benchmarks/RESULTS.md on your machine). Usage: [PROFILE=1] bash benchmarks/gpu/run_all.sh
+# Logs go to $OUT, the recorded tables to $OUT/results/*.jsonl: append each file to
+# benchmarks/results/ on your machine, then update docs/benchmarks.md from them.
+# Usage: [PROFILE=1] bash benchmarks/gpu/run_all.sh
 # [bench_gpu.py options: --quick --skip-scan --skip-network --compile --cases 3d,2d32,2d16]
 set -uo pipefail
 cd "$(dirname "$0")/../.."  # the repository root
 OUT=${OUT:-/tmp/lightm-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-export LIGHTM_RESULTS="$OUT/RESULTS_gpu.md"
+export LIGHTM_RESULTS_DIR="$OUT/results"
 build=.gpu/build_on_device.sh; [ -f "$build" ] || build=../shared/gpu/build_on_device.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/log.txt"
 # the build script copies .gpu/*.whl into /tmp/wheels and installs them all into /tmp/site
@@ -25,9 +26,9 @@ export PYTHONPATH=/tmp/site:$(pwd)/src:$(pwd):${PYTHONPATH:-}
 # their references; several minutes: float64 references at realistic sizes)
 timeout ${BENCH_TIMEOUT:-420} python3 benchmarks/gpu/bench_gpu.py "$@" 2>&1 | tee -a "$OUT/log.txt"
 timeout ${TEST_TIMEOUT:-300} python3 -m pytest -p no:cacheprovider -m gpu -q -rfE \
-  tests/test_scan_gpu.py tests/test_kernels_conv.py tests/test_kernels_norms.py \
-  tests/test_kernels_dwconv.py tests/test_cuda_fast.py 2>&1 | tail -25 | tee -a "$OUT/log.txt"
-if [ "${PROFILE:-0}" = 1 ]; then  # where the time goes (top kernels), also into RESULTS_gpu.md
+  tests/test_parity_gpu.py tests/test_scan_gpu.py tests/test_kernels_conv.py \
+  tests/test_kernels_norms.py tests/test_kernels_dwconv.py tests/test_cuda_fast.py 2>&1 | tail -25 | tee -a "$OUT/log.txt"
+if [ "${PROFILE:-0}" = 1 ]; then  # where the time goes (top kernels), also into $OUT/results
   timeout ${PROFILE_TIMEOUT:-120} python3 benchmarks/gpu/profile_gpu.py 2>&1 | tail -5 \
     | tee -a "$OUT/log.txt"
 fi

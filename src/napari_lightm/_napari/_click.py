@@ -2,9 +2,12 @@
 
 A *positive* click runs the model on a window around the click and adds the
 connected component of the predicted class under the click; a *negative* click
-removes the connected labelled component under it (no model run). Points carry a
-``positive`` feature (green / red); :data:`KEYBINDINGS` ``toggle_polarity`` flips it.
-Clicks are mapped to image indices with ``world_to_data``, never slider indices.
+removes the connected labelled component under it (no model run). Either way the
+click is also truth for fine-tuning: a small disc around it (``annotation.click_disc``)
+of the added class, or of background, undone with the click. Clicks never change
+truth voxels (painted, clicked or on reviewed slices). Points carry a ``positive``
+feature (green / red); :data:`KEYBINDINGS` ``toggle_polarity`` flips it. Clicks are
+mapped to image indices with ``world_to_data``, never slider indices.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_lightm._napari._review import ensure_labels, protected
+from napari_lightm._napari._review import ensure_labels, find_labels, full_region
 from napari_lightm._napari._segment import (
     Job,
     SegmentInputError,
@@ -22,6 +25,7 @@ from napari_lightm._napari._segment import (
     layer_geometry,
     predict_jobs,
 )
+from napari_lightm._napari.annotation import click_disc
 
 if TYPE_CHECKING:
     from napari_lightm._napari._widget import LightMWidget
@@ -75,18 +79,9 @@ def relative(index: tuple[int, ...], region: tuple[slice, ...]) -> tuple[int, ..
     return tuple(i - s.start for i, s in zip(index, region))
 
 
-def writable(labels_layer, region: tuple[slice, ...], index: tuple[int, ...]) -> np.ndarray:
-    """Where a click may write in ``region``: not reviewed, except the clicked slice itself
-    (a click is the user's own decision there)."""
-    allowed = ~np.asarray(protected(labels_layer, region))
-    if labels_layer.data.ndim == 3:
-        allowed = allowed.copy()
-        allowed[index[0] - region[0].start] = True
-    return allowed
-
-
 def add_component(widget: LightMWidget, image_layer, index, region, prediction) -> int:
-    """Positive click result: add the predicted component under ``index``; voxels changed."""
+    """Positive click result: add the predicted component under ``index`` and make the
+    click's disc truth of that class, as one undo step; returns voxels changed."""
     from napari.utils.notifications import show_info
 
     rel = relative(index, region)
@@ -95,25 +90,24 @@ def add_component(widget: LightMWidget, image_layer, index, region, prediction) 
         show_info("the model predicts background under the click: nothing added")
         return 0
     labels = ensure_labels(widget.viewer, image_layer, len(widget.model.segmenter.class_names))
-    widget.tracker.track(labels)
-    comp = component_at(prediction == cls, rel) & writable(labels, region, index)
+    labels.metadata["class_names"] = list(widget.model.segmenter.class_names)
+    comp = component_at(prediction == cls, rel)
+    disc = click_disc(labels.data.shape, index, region)
     values = np.full(prediction.shape, cls, dtype=labels.data.dtype)
-    changed = widget.tracker.write(labels, values, region, where=comp, protect_reviewed=False)
+    changed = widget.tracker.write(labels, values, region, where=comp, truth=disc)
     labels.refresh()
     return changed
 
 
 def remove_component(widget: LightMWidget, image_layer, index) -> int:
-    """Negative click: set the labelled component under ``index`` to 0; voxels changed."""
+    """Negative click: set the labelled component under ``index`` to 0 and make the
+    click's disc background truth, as one undo step; returns voxels changed."""
     from napari.utils.notifications import show_info
 
-    from napari_lightm._napari._review import find_labels, full_region
-
     labels = find_labels(widget.viewer, image_layer)
-    if labels is None or labels.data[index] == 0:
-        show_info("no label under the click: nothing removed")
+    if labels is None:
+        show_info("no labels yet: nothing removed")
         return 0
-    widget.tracker.track(labels)
     data = np.asarray(labels.data)
     if (
         data.ndim == 3
@@ -127,11 +121,15 @@ def remove_component(widget: LightMWidget, image_layer, index) -> int:
         region = full_region(data.shape)
     sub = data[region]
     rel = relative(index, region)
-    comp = component_at(sub == sub[rel], rel) & writable(labels, region, index)
-    changed = widget.tracker.write(
-        labels, np.zeros_like(sub), region, where=comp, protect_reviewed=False
-    )
+    value = int(sub[rel])
+    comp = component_at(sub == value, rel) if value else np.zeros(sub.shape, bool)
+    disc = click_disc(data.shape, index, region)
+    changed = widget.tracker.write(labels, np.zeros_like(sub), region, where=comp, truth=disc)
     labels.refresh()
+    if not value:
+        show_info("no label under the click: marked background there for fine-tuning")
+    elif not changed:
+        show_info("the label under the click is truth (painted or reviewed): erase it instead")
     return changed
 
 
@@ -161,7 +159,7 @@ class ClickController:
                 border_color="white",
                 size=max(2.0, 0.02 * max(image_layer.data.shape[-2:])),
             )
-            layer.events.data.connect(self._on_points)
+        layer.events.data.connect(self._on_points)  # once: napari ignores a repeat
         self.layer = layer
         self.set_positive(self.positive)
         viewer.layers.selection.active = layer
@@ -177,6 +175,15 @@ class ClickController:
 
     def toggle(self) -> None:
         self.set_positive(not self.positive)
+
+    def close(self) -> None:
+        """Stop listening to the clicks layer (the widget is going away)."""
+        if self.layer is not None:
+            try:
+                self.layer.events.data.disconnect(self._on_points)
+            except (RuntimeError, TypeError, ValueError):
+                pass
+        self.layer = None
 
     def _on_points(self, event) -> None:
         if str(getattr(event, "action", "added")).lower().split(".")[-1] != "added":

@@ -1,9 +1,11 @@
-"""Fine-tune panel: train the current model on the reviewed slices of every open image.
+"""Fine-tune panel: train the current model on the truth of every open image.
 
-Reviewed slices are fully labelled (0 = background there); everything else is
-ignored by the loss. The run goes through ``engine.iter_finetune`` in the widget's
-worker with a time and step budget, draws its loss curve live, and on success
-saves the new model version in the model folder and autosaves the session.
+Truth is the reviewed slices (fully labelled: 0 = background there), the voxels the
+user painted or erased, and the disc around each click; everything else is ignored
+by the loss (``annotation.Annotation.truth``). The run goes through
+``engine.iter_finetune`` in the widget's worker with a time and step budget, draws its
+loss curve live, and on success saves the new model version in the model folder and
+autosaves the session.
 """
 
 from __future__ import annotations
@@ -25,25 +27,23 @@ from qtpy.QtWidgets import (
 )
 
 from napari_lightm._napari._keybindings import button_text, tooltip
-from napari_lightm._napari._review import find_labels, reviewed_mask, reviewed_slices
+from napari_lightm._napari._model_panel import CORE_ERRORS
+from napari_lightm._napari._review import find_labels
 from napari_lightm._napari._segment import image_array, layer_geometry
+from napari_lightm._napari._workers import alive
+from napari_lightm.engine.recipe import DEFAULT_RECIPE
 
 if TYPE_CHECKING:
     from napari_lightm._napari._widget import LightMWidget
 
 
-#: learning rates offered; "auto" = the engine's fine-tuning LR for a trained model, and
-#: FROM_SCRATCH_LR for a model that never trained (version 0), which the engine's small
-#: fine-tuning LR moves too slowly (tiny 2D model on the CT phantom, 60 steps on 3
-#: reviewed slices, mean liver Dice of the unreviewed slices over 8 seeds: 0.46 at 3e-4,
-#: 0.50 at 1e-3, 0.64 at 3e-3, 0.74 at 1e-2; on 6 JSRT X-rays, 80 steps, seeds 0 / 1 / 2:
-#: 0.82 / 0.76 / 0.01 at 3e-3, 0.67 / 0.26 / 0.35 at 1e-2)
-LEARNING_RATES = ("auto", "1e-4", "3e-4", "1e-3", "3e-3")
-FROM_SCRATCH_LR = 3e-3
+#: learning rates offered; "auto" = the fine-tuning recipe's (engine.recipe.DEFAULT_RECIPE:
+#: ``lr`` for a model that never trained, ``lr_trained`` after that)
+LEARNING_RATES = ("auto", "1e-4", "3e-4", "1e-3", "3e-3", "1e-2")
 
 
 class NothingReviewedError(ValueError):
-    """Fine-tuning was asked for with no reviewed slice in any open image."""
+    """Fine-tuning was asked for with no truth (reviewed, painted, clicked) in any image."""
 
 
 class LossPlot(QWidget):
@@ -105,34 +105,30 @@ def preload_training_modules() -> None:
 
 
 def gather_samples(widget: LightMWidget) -> tuple[list, list[str]]:
-    """``FinetuneSample`` per open image with reviewed slices, and a line per image used.
+    """``FinetuneSample`` per open image with truth, and a line per image used.
 
-    Raises :class:`NothingReviewedError` when no image has a reviewed slice.
+    Each sample's ``reviewed`` mask is the image's truth: reviewed slices OR painted
+    voxels OR click discs. Raises :class:`NothingReviewedError` when no image has any.
     """
-    from napari_lightm.engine import FinetuneSample
-
     seg = widget.model.segmenter
     samples, used = [], []
     for layer in widget.images_with_labels():
         labels = find_labels(widget.viewer, layer)
-        flags = reviewed_slices(labels)
-        if not flags.any():
+        state = widget.tracker.annotation(labels)  # with napari's undo/redo applied
+        if not state.has_truth():
             continue
         image = image_array(layer)
         if seg is not None and seg.spatial_dims == 3 and image.ndim == 2:
             continue  # a 3D model cannot learn from a 2D image
-        samples.append(
-            FinetuneSample(
-                image,
-                np.array(labels.data, copy=True),
-                reviewed_mask(labels),
-                layer_geometry(layer),
-            )
+        samples.append(state.finetune_sample(image, labels.data, layer_geometry(layer)))
+        n_marked = state.n_marked()
+        used.append(
+            f"{layer.name}: {int(state.reviewed.sum())} reviewed slice(s)"
+            + (f", {n_marked} painted/clicked voxel(s)" if n_marked else "")
         )
-        used.append(f"{layer.name}: {int(flags.sum())} reviewed slice(s)")
     if not samples:
         raise NothingReviewedError(
-            "no reviewed slices: paint corrections (or press 'Mark slice reviewed') first"
+            "nothing to learn from: mark slices reviewed, paint corrections or click first"
         )
     return samples, used
 
@@ -143,6 +139,7 @@ class FinetunePanel(QGroupBox):
     def __init__(self, widget: LightMWidget, parent: QWidget | None = None):
         super().__init__("Correct && retrain", parent)
         self.widget = widget
+        self._parent = None  # checkpoint of the model the running fine-tune started from
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
         self.max_seconds = QSpinBox()
@@ -158,8 +155,8 @@ class FinetunePanel(QGroupBox):
         self.lr = QComboBox()
         self.lr.addItems(LEARNING_RATES)
         self.lr.setToolTip(
-            f"learning rate; auto: {FROM_SCRATCH_LR:g} for a new model, the "
-            "engine's fine-tuning rate after that"
+            f"learning rate; auto: the fine-tuning recipe's ({DEFAULT_RECIPE.lr:g} for a new "
+            f"model, {DEFAULT_RECIPE.lr_trained:g} after that), decaying over the budget"
         )
         row.addWidget(QLabel("budget:"))
         row.addWidget(self.max_seconds)
@@ -188,12 +185,10 @@ class FinetunePanel(QGroupBox):
             seconds = 60  # never unbounded from the GUI
         return (steps or None), (float(seconds) or None)
 
-    def learning_rate(self, seg) -> float | None:
-        """The chosen LR; None lets the engine pick its fine-tuning default."""
+    def learning_rate(self) -> float | None:
+        """The chosen LR; None lets the recipe pick it."""
         text = self.lr.currentText()
-        if text != "auto":
-            return float(text)
-        return FROM_SCRATCH_LR if seg.version == 0 and not seg.history else None
+        return None if text == "auto" else float(text)
 
     def start(self) -> bool:
         """Start fine-tuning in the worker; False (with a notification) on bad input."""
@@ -209,11 +204,12 @@ class FinetunePanel(QGroupBox):
             samples, used = gather_samples(widget)
             if all(v != seg.version for v, _ in widget.model.history):
                 widget.model.save_version(seg)  # so this run can be rolled back
-        except (ValueError, OSError) as exc:
+        except CORE_ERRORS as exc:
             show_error(str(exc))
             return False
+        self._parent = dict(widget.model.history).get(seg.version)  # lineage of the result
         steps, seconds = self.budget()
-        lr = self.learning_rate(seg)
+        lr = self.learning_rate()
         preload_training_modules()
         self.plot.clear()
         self.summary.setText("training on " + "; ".join(used))
@@ -222,7 +218,8 @@ class FinetunePanel(QGroupBox):
         def _gen(token):
             return (
                 yield from iter_finetune(
-                    seg, samples, max_steps=steps, max_seconds=seconds, lr=lr, cancel=token
+                    seg, samples, recipe=DEFAULT_RECIPE, max_steps=steps, max_seconds=seconds,
+                    lr=lr, cancel=token,
                 )
             )
 
@@ -231,11 +228,11 @@ class FinetunePanel(QGroupBox):
         return True
 
     def _on_progress(self, p) -> None:
-        if p.loss is not None:
+        if p.loss is not None and alive(self.plot):
             self.plot.add(p.loss)
 
     def _on_busy(self, busy: bool) -> None:
-        if busy:
+        if busy or not alive(self):
             return
         for signal, slot in (
             (self.widget.runner.progressed, self._on_progress),
@@ -249,16 +246,26 @@ class FinetunePanel(QGroupBox):
             self.summary.setText(self.summary.text() + " — cancelled; model unchanged")
 
     def _on_result(self, new_seg) -> None:
-        from napari.utils.notifications import show_info
+        """Save the new version, then make it current: a failed save keeps the old model."""
+        from napari.utils.notifications import show_error, show_info
 
         widget = self.widget
+        try:
+            path = widget.model.save_version(new_seg, parent=self._parent)
+        except CORE_ERRORS as exc:
+            self.summary.setText(f"fine-tuned model not saved ({exc}); model unchanged")
+            show_error(f"fine-tuned model not saved, the current model stays: {exc}")
+            return
         widget.model.set_segmenter(new_seg)
-        path = widget.model.save_version(new_seg)
-        saved = widget.autosave()
+        try:
+            session = f"session autosaved to '{widget.autosave().name}'"
+        except CORE_ERRORS as exc:
+            session = "session NOT autosaved"
+            show_error(f"fine-tuned model saved, but the session autosave failed: {exc}")
         last = f"{self.plot.losses[-1]:.4f}" if self.plot.losses else "n/a"
         self.summary.setText(
             f"v{new_seg.version} saved to {path.name} after {len(self.plot.losses)} steps "
-            f"(last loss {last}); session autosaved to '{saved.name}'. "
+            f"(last loss {last}); {session}. "
             f"Press '{button_text('segment_unreviewed')}' to refresh the rest."
         )
         show_info(f"fine-tuned model v{new_seg.version} saved ({path})")

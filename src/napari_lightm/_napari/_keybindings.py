@@ -45,7 +45,12 @@ KEYBINDINGS: dict[str, KeyBinding] = {
             "Mark slice reviewed",
             "mark the current slice as reviewed (fully labelled)",
         ),
-        KeyBinding("finetune", "U", "Fine-tune", "fine-tune the model on reviewed slices"),
+        KeyBinding(
+            "finetune",
+            "U",
+            "Fine-tune",
+            "fine-tune the model on the truth: reviewed slices, painted voxels, clicks",
+        ),
         KeyBinding("cancel", "Q", "Cancel", "cancel the running job"),
     )
 }

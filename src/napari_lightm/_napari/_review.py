@@ -1,52 +1,96 @@
-"""Labels layers linked to images, undoable model writes, and the *reviewed* slices.
+"""Labels layers linked to images, undoable model writes, and the annotation truth.
 
-A *reviewed* slice (axis 0 of a 3D image; the whole image for a 2D one) is one the
-user has checked or corrected: it is fully labelled (0 = background there), it
-supervises fine-tuning, and model writes never overwrite it. The per-slice flags
-live in the Labels layer's ``metadata["lightm_reviewed"]`` (bool ``[n_slices]``) so
-they travel with the layer; the linked image's name is in ``metadata["lightm_image"]``.
+The state itself (reviewed flags, marked voxels, undo steps) is Qt-free, in
+:mod:`~napari_lightm._napari.annotation`; this module links it to napari layers:
+which Labels layer belongs to which image (by the image layer's identity), the
+:class:`ReviewTracker` that follows the user's paint and napari's undo/redo and writes
+the model's predictions as single undo steps that never change truth, and the
+:class:`ReviewStrip` that shows the reviewed slices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 from qtpy.QtCore import QRectF, Qt, Signal
 from qtpy.QtGui import QColor, QPainter
 from qtpy.QtWidgets import QWidget
 
-REVIEWED_KEY = "lightm_reviewed"
-IMAGE_KEY = "lightm_image"
+from napari_lightm._napari.annotation import (
+    IMAGE_ID_KEY,
+    IMAGE_KEY,
+    MARKED_KEY,
+    REVIEWED_KEY,
+    Annotation,
+    ShapeMismatchError,
+    TruthHistory,
+    changed_voxels,
+    flat_indices,
+    full_region,
+    labels_dtype,
+    links_to,
+    n_slices,
+)
+
+__all__ = [
+    "IMAGE_ID_KEY",
+    "IMAGE_KEY",
+    "MARKED_KEY",
+    "REVIEWED_KEY",
+    "ReviewStrip",
+    "ReviewTracker",
+    "ShapeMismatchError",
+    "annotation",
+    "ensure_labels",
+    "find_labels",
+    "full_region",
+    "image_id",
+    "labels_dtype",
+    "n_slices",
+    "reviewed_mask",
+    "reviewed_slices",
+]
 
 
-class ShapeMismatchError(ValueError):
-    """A labels array or mask whose shape does not match its image."""
-
-
-def labels_dtype(n_classes: int) -> np.dtype:
-    """uint8 up to 256 classes, uint16 beyond (napari semantic-labels convention)."""
-    return np.dtype(np.uint8 if n_classes <= 256 else np.uint16)
-
-
-def n_slices(shape: tuple[int, ...]) -> int:
-    """Reviewable units of an image: axis-0 slices of a volume, 1 for a 2D image."""
-    return shape[0] if len(shape) == 3 else 1
+def image_id(layer) -> str:
+    """The identity an image layer is linked by (napari's per-layer ``unique_id``)."""
+    return str(layer.unique_id)
 
 
 def find_labels(viewer, image_layer):
-    """The Labels layer linked to ``image_layer`` (by name), or None."""
+    """The Labels layer linked to ``image_layer``, or None.
+
+    The link is the image layer's identity, so renaming or reordering either layer
+    keeps it. A Labels layer linked by name only (``metadata["lightm_image"]``), or to
+    an image that is no longer open, is adopted when it names this image and has its
+    shape (a reopened file finds its labels again).
+    """
+    from napari.layers import Image, Labels
+
+    uid = image_id(image_layer)
+    open_ids = {image_id(layer) for layer in viewer.layers if isinstance(layer, Image)}
+    by_name = None
     for layer in viewer.layers:
-        if _is_labels(layer) and layer.metadata.get(IMAGE_KEY) == image_layer.name:
+        if not isinstance(layer, Labels):
+            continue
+        how = links_to(
+            layer.metadata,
+            layer.data.shape,
+            uid,
+            image_layer.name,
+            image_layer.data.shape,
+            open_ids,
+        )
+        if how == "id":
+            layer.metadata[IMAGE_KEY] = image_layer.name
             return layer
-    return None
-
-
-def _is_labels(layer) -> bool:
-    from napari.layers import Labels
-
-    return isinstance(layer, Labels)
+        if how == "name" and by_name is None:
+            by_name = layer
+    if by_name is not None:
+        by_name.metadata[IMAGE_ID_KEY] = uid
+    return by_name
 
 
 def ensure_labels(viewer, image_layer, n_classes: int, data: np.ndarray | None = None):
@@ -63,7 +107,11 @@ def ensure_labels(viewer, image_layer, n_classes: int, data: np.ndarray | None =
         data = np.zeros(shape, dtype=labels_dtype(n_classes))
     elif tuple(data.shape) != shape:
         raise ShapeMismatchError(f"labels shape {data.shape} != image shape {shape}")
-    metadata = {IMAGE_KEY: image_layer.name, REVIEWED_KEY: np.zeros(n_slices(shape), bool)}
+    metadata = {
+        IMAGE_KEY: image_layer.name,
+        IMAGE_ID_KEY: image_id(image_layer),
+        REVIEWED_KEY: np.zeros(n_slices(shape), bool),
+    }
     if "geometry" in image_layer.metadata:
         metadata["geometry"] = dict(image_layer.metadata["geometry"])
     return viewer.add_labels(
@@ -78,90 +126,138 @@ def ensure_labels(viewer, image_layer, n_classes: int, data: np.ndarray | None =
     )
 
 
+def annotation(labels_layer) -> Annotation:
+    """The annotation state of ``labels_layer`` as stored (see ``ReviewTracker.annotation``
+    for the state with napari's latest undo/redo applied)."""
+    return Annotation(labels_layer.metadata, labels_layer.data.shape)
+
+
 def reviewed_slices(labels_layer) -> np.ndarray:
     """Bool ``[n_slices]`` flags of ``labels_layer`` (created lazily for foreign layers)."""
-    flags = labels_layer.metadata.get(REVIEWED_KEY)
-    n = n_slices(labels_layer.data.shape)
-    if flags is None or len(flags) != n:
-        flags = np.zeros(n, bool)
-        labels_layer.metadata[REVIEWED_KEY] = flags
-    return flags
+    return annotation(labels_layer).reviewed
 
 
 def reviewed_mask(labels_layer) -> np.ndarray:
     """Voxel-wise bool mask of the reviewed slices, shape of the labels."""
-    flags = reviewed_slices(labels_layer)
-    shape = labels_layer.data.shape
-    if len(shape) == 3:
-        return np.broadcast_to(flags[:, None, None], shape).copy()
-    return np.full(shape, bool(flags[0]))
+    return annotation(labels_layer).reviewed_voxels()
 
 
-def protected(labels_layer, region: tuple[slice, ...]) -> np.ndarray:
-    """Bool mask over ``region`` that is True where the slice is reviewed."""
-    flags = reviewed_slices(labels_layer)
-    shape = tuple(len(range(*s.indices(n))) for s, n in zip(region, labels_layer.data.shape))
-    if len(shape) == 3:
-        sub = flags[region[0]]
-        return np.broadcast_to(sub[:, None, None], shape)
-    return np.full(shape, bool(flags[0]))
+def _key(layer) -> Hashable:
+    return layer.unique_id if hasattr(layer, "unique_id") else id(layer)
 
 
-def full_region(shape: tuple[int, ...]) -> tuple[slice, ...]:
-    return tuple(slice(0, n) for n in shape)
+def _stacks(layer):
+    """napari's (undo, redo) stacks of a Labels layer, or None if this napari has none.
+
+    napari has no public view of a Labels history (undo/redo emit no ``paint`` event,
+    napari 0.9). Plugins get layers through proxies that warn on private attributes,
+    so the layer is unwrapped first; without the stacks, marks are simply kept.
+    """
+    layer = getattr(layer, "__wrapped__", layer)
+    undo = getattr(layer, "_undo_history", None)
+    redo = getattr(layer, "_redo_history", None)
+    return None if undo is None or redo is None else (undo, redo)
+
+
+@dataclass
+class _Tracked:
+    layer: object
+    callbacks: list = field(default_factory=list)  # (emitter, callback) pairs
+    history: TruthHistory = field(default_factory=TruthHistory)
 
 
 class ReviewTracker:
-    """Marks painted slices reviewed and performs the model's undoable writes.
+    """Keeps each tracked Labels layer's truth in step with its edits and undo/redo, and
+    performs the model's undoable writes, which never change truth voxels.
 
-    Napari emits ``Labels.events.paint`` for *every* history item, our own
-    ``data_setitem`` writes included; those are told apart by ``_model_writing``.
+    What a user's paint changed becomes marked (truth), one undo step at a time; undo
+    and redo take those marks back and restore them. napari emits
+    ``Labels.events.paint`` for every new history item, our own ``data_setitem``
+    writes included: a write announces what it marks (usually nothing) in
+    ``_pending``, so its item is not taken for a paint.
     """
 
     def __init__(self, on_change=None):
-        self._model_writing = False
-        self._connected: dict[int, object] = {}
-        self.on_change = on_change  # called with the layer after flags change
+        self._tracked: dict[Hashable, _Tracked] = {}
+        self._pending: dict[Hashable, np.ndarray] = {}
+        self.on_change = on_change  # called with the layer after its truth changes
 
     def track(self, labels_layer) -> None:
-        """Listen to user painting on ``labels_layer`` (idempotent)."""
-        key = labels_layer.unique_id if hasattr(labels_layer, "unique_id") else id(labels_layer)
-        if key in self._connected:
+        """Follow painting and undo/redo on ``labels_layer`` (idempotent)."""
+        key = _key(labels_layer)
+        if key in self._tracked:
             return
-        reviewed_slices(labels_layer)
+        annotation(labels_layer).reviewed  # noqa: B018 - creates the flags of foreign layers
+        tracked = _Tracked(labels_layer)
 
-        def _on_paint(event, layer=labels_layer):
-            if not self._model_writing:
-                self.mark(layer, touched_slices(event.value, layer.data.ndim))
+        def _on_paint(event, layer=labels_layer, key=key):
+            self._on_history_item(layer, key, event.value)
 
-        labels_layer.events.paint.connect(_on_paint)
-        self._connected[key] = (labels_layer, _on_paint)
+        def _on_set_data(event=None, layer=labels_layer):
+            # undo / redo refresh the layer (and so does much else: syncing is cheap)
+            if self.sync(layer) and self.on_change is not None:
+                self.on_change(layer)
+
+        for emitter, callback in (
+            (labels_layer.events.paint, _on_paint),
+            (labels_layer.events.set_data, _on_set_data),
+        ):
+            emitter.connect(callback)
+            tracked.callbacks.append((emitter, callback))
+        self._tracked[key] = tracked
 
     def untrack_all(self) -> None:
-        for layer, callback in self._connected.values():
-            try:
-                layer.events.paint.disconnect(callback)
-            except (RuntimeError, TypeError, ValueError):
-                pass
-        self._connected.clear()
+        for tracked in self._tracked.values():
+            for emitter, callback in tracked.callbacks:
+                try:
+                    emitter.disconnect(callback)
+                except (RuntimeError, TypeError, ValueError):
+                    pass
+        self._tracked.clear()
+
+    def _on_history_item(self, layer, key, item) -> None:
+        added = self._pending.pop(key, None)
+        tracked = self._tracked.get(key)
+        ann = annotation(layer)
+        stacks = _stacks(layer)
+        if tracked is None or stacks is None:  # no undo history to follow: marks stay
+            flat = ann.unmarked(changed_voxels(item, ann.shape) if added is None else added)
+            ann.set_marked(flat)
+            n_marked = flat.size
+        else:
+            n_marked = tracked.history.pushed(ann, item, *stacks, added=added)
+        if n_marked and self.on_change is not None:
+            self.on_change(layer)
+
+    def sync(self, labels_layer) -> bool:
+        """Apply napari's undo/redo since the last sync to the marked voxels; True if
+        that changed any."""
+        tracked = self._tracked.get(_key(labels_layer))
+        stacks = _stacks(labels_layer)
+        if tracked is None or stacks is None:
+            return False
+        return tracked.history.sync(annotation(labels_layer), *stacks)
+
+    def annotation(self, labels_layer) -> Annotation:
+        """The annotation state of ``labels_layer``, up to date with undo/redo."""
+        self.sync(labels_layer)
+        return annotation(labels_layer)
+
+    def truth(self, labels_layer, region: tuple[slice, ...] | None = None) -> np.ndarray:
+        """Bool truth mask over ``region``: reviewed slices OR marked voxels."""
+        return self.annotation(labels_layer).truth(region)
 
     def mark(self, labels_layer, slices: Iterable[int], value: bool = True) -> None:
-        flags = reviewed_slices(labels_layer)
-        idx = [int(s) for s in slices if 0 <= int(s) < len(flags)]
-        if not idx:
-            return
-        flags[idx] = value
-        if self.on_change is not None:
+        """Mark ``slices`` reviewed (or not): each becomes truth as a whole."""
+        if annotation(labels_layer).set_reviewed(slices, value) and self.on_change is not None:
             self.on_change(labels_layer)
 
-    @contextmanager
-    def model_write(self) -> Iterator[None]:
-        """Writes inside are the model's: no slice becomes reviewed through them."""
-        self._model_writing = True
-        try:
-            yield
-        finally:
-            self._model_writing = False
+    def set_marked_mask(self, labels_layer, mask: np.ndarray | None) -> None:
+        """Replace the marked voxels (a restored session); earlier undo steps forget theirs."""
+        tracked = self._tracked.get(_key(labels_layer))
+        if tracked is not None:
+            tracked.history.forget()
+        annotation(labels_layer).set_marked_mask(mask)
 
     def write(
         self,
@@ -170,6 +266,7 @@ class ReviewTracker:
         region: tuple[slice, ...] | None = None,
         where: np.ndarray | None = None,
         protect_reviewed: bool = True,
+        truth: np.ndarray | None = None,
     ) -> int:
         """Write ``values`` into ``region`` of the labels as ONE undo step; returns voxels changed.
 
@@ -178,41 +275,50 @@ class ReviewTracker:
             values: int array with the region's shape.
             region: tuple of slices (None = whole array).
             where: optional bool mask (region shape): only these voxels are written.
-            protect_reviewed: skip reviewed slices (every model prediction does).
+            protect_reviewed: leave every truth voxel (reviewed slices, painted voxels,
+                click discs) as it is. Every model write does; False only replaces
+                labels wholesale (a session being reopened, the demo's reference).
+            truth: optional bool mask (region shape) of voxels this write makes truth
+                (a click's disc): written too, and unmarked again when it is undone.
         """
+        self.track(labels_layer)
+        ann = self.annotation(labels_layer)
         data = labels_layer.data
-        region = full_region(data.shape) if region is None else region
+        region = full_region(data.shape) if region is None else tuple(region)
         old = np.asarray(data[region])
         if old.shape != values.shape:
             raise ShapeMismatchError(f"prediction shape {values.shape} != region {old.shape}")
         values = values.astype(data.dtype, copy=False)
-        change = old != values
-        if where is not None:
-            change &= where
+        target = np.ones(old.shape, bool) if where is None else np.array(where, bool)
+        if truth is not None:
+            truth = np.asarray(truth, bool)
+            target |= truth
         if protect_reviewed:
-            change &= ~protected(labels_layer, region)
+            kept = ann.truth(region)
+            target &= ~kept
+            if truth is not None:
+                truth = truth & ~kept
+        added = (
+            ann.unmarked(flat_indices(truth, region, data.shape))
+            if truth is not None
+            else np.zeros(0, np.intp)
+        )
+        change = target & (old != values)
         idx = np.nonzero(change)
         if idx[0].size == 0:
+            ann.set_marked(added)  # no data change, so no undo step: the marks just stay
             return 0
-        indices = tuple(i + s.start for i, s in zip(idx, region))
-        with self.model_write(), labels_layer.block_history():
-            labels_layer.data_setitem(indices, values[change])
+        indices = tuple(i + s.indices(n)[0] for i, s, n in zip(idx, region, data.shape))
+        key = _key(labels_layer)
+        self._pending[key] = added
+        try:
+            with labels_layer.block_history():
+                labels_layer.data_setitem(indices, values[change])
+        finally:
+            left = self._pending.pop(key, None)
+            if left is not None:  # no history item was announced: keep the marks anyway
+                ann.set_marked(left)
         return int(idx[0].size)
-
-
-def touched_slices(history_item, ndim: int) -> set[int]:
-    """Axis-0 slices touched by one napari Labels history item (list of atoms)."""
-    if ndim != 3:
-        return {0}
-    out: set[int] = set()
-    for atom in history_item or ():
-        key = getattr(atom, "slice_key", None)
-        if key is not None:  # mask-based atom: bounding box of the edit
-            start, stop = key[0].start or 0, key[0].stop
-            out.update(range(start, stop if stop is not None else start + 1))
-        else:  # (indices, old, new) tuple from data_setitem
-            out.update(np.unique(np.asarray(atom[0][0])).tolist())
-    return out
 
 
 class ReviewStrip(QWidget):

@@ -3,7 +3,15 @@
 Each action picks a region (what the model sees, ``infer``) and a sub-region it may
 write (``write``), runs ``Segmenter.iter_predict`` in the widget's worker and, back
 on the main thread, writes the prediction into the image's linked Labels layer as
-one undo step that skips reviewed slices.
+one undo step that leaves every truth voxel (reviewed slices, painted voxels, click
+discs) as it is. The labels are found by the image layer's identity, so renaming the
+image while the job runs still writes into its labels.
+
+"Segment unreviewed" runs the few-slice recipe's
+:func:`~napari_lightm.engine.unreviewed.iter_predict_unreviewed` instead: the model
+plus the shape interpolated between reviewed slices and a 3D clean-up, from a snapshot
+of the labels and truth taken when the button is pressed (the same function the API
+and ``lightm`` call).
 """
 
 from __future__ import annotations
@@ -13,7 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_lightm._napari._review import ensure_labels, full_region
+from napari_lightm._napari._model_panel import NO_MODEL
+from napari_lightm._napari._review import ensure_labels, find_labels, full_region
 
 if TYPE_CHECKING:
     from napari_lightm._napari._widget import LightMWidget
@@ -37,6 +46,9 @@ class Job:
     geometry: object
     infer: tuple[slice, ...]
     write: tuple[slice, ...]
+    #: "Segment unreviewed": the labels and truth (copies) the recipe reads
+    labels: np.ndarray | None = None
+    truth: np.ndarray | None = None
 
     def crop(self, prediction: np.ndarray) -> np.ndarray:
         """Cut the ``write`` region out of a prediction over ``infer``."""
@@ -47,17 +59,99 @@ class Job:
 
 
 def layer_geometry(layer):
-    """:class:`Geometry` from ``layer.metadata["geometry"]``, else built from its scale."""
+    """:class:`Geometry` from ``layer.metadata["geometry"]``, else built from its scale
+    (in pixel units when napari's own units say so: an array added without a spacing)."""
     from napari_lightm.io.geometry import Geometry
 
     meta = layer.metadata.get("geometry")
     if meta:
         return Geometry.from_dict(meta)
     ndim = layer.data.ndim
+    units = [str(u) for u in (getattr(layer, "units", None) or ())]
     return Geometry(
         spacing=tuple(float(s) for s in layer.scale[::-1][:ndim]),
         origin=tuple(float(t) for t in layer.translate[::-1][:ndim]),
+        units="pixel" if units and all(u == "pixel" for u in units) else "mm",
     )
+
+
+# --- pixel spacing of images without one (PNG, JPEG, TIFF X-rays) ---------------------
+#: ``geometry["extra"]`` key of a spacing the widget set: False typed by the user
+SPACING_SET_KEY = "spacing_estimated"
+
+
+@dataclass
+class SpacingState:
+    """What the spacing field shows for an image: in-plane mm per pixel (None: unknown),
+    whether the user may edit it, and a note saying where it comes from."""
+
+    value: float | None
+    editable: bool
+    note: str
+
+
+def spacing_state(layer, seg=None) -> SpacingState:
+    """The in-plane pixel spacing of ``layer`` as the model will take it.
+
+    A spacing read from the file is shown as it is (read only). An image without one
+    (geometry units ``"pixel"``) gets the model's estimate (``Segmenter.input_spacing``:
+    the image's shorter side fitted to the field of view it was trained on), editable;
+    without a model that records a field of view it is unknown, never 1 mm per pixel.
+    """
+    geometry = layer_geometry(layer)
+    extra = geometry.extra or {}
+    if SPACING_SET_KEY in extra:
+        how = "estimated" if extra[SPACING_SET_KEY] else "set by hand"
+        return SpacingState(float(geometry.scale[-1]), True, f"pixel spacing {how}")
+    if geometry.units != "pixel":
+        return SpacingState(float(geometry.scale[-1]), False, "pixel spacing from the file")
+    field_of_view = getattr(getattr(seg, "preprocessing", None), "field_of_view", None)
+    if seg is not None and field_of_view:
+        spacing, note = seg.input_spacing(layer.data.shape, geometry)
+        return SpacingState(float(spacing[-1]), True, note or "")
+    return SpacingState(
+        None,
+        True,
+        "pixel spacing unknown (the file has none): pick an X-ray model, which estimates "
+        "it from its field of view, or type it",
+    )
+
+
+def set_layer_spacing(viewer, layer, spacing_mm: float, estimated: bool = False):
+    """Give ``layer`` an in-plane pixel spacing of ``spacing_mm`` (mm): its metadata
+    geometry (what Segment, Click and Fine-tune read) and its napari ``scale``, and the
+    same for its linked Labels layer so both stay aligned. Returns the new Geometry."""
+    from napari_lightm.io.geometry import Geometry
+
+    spacing_mm = float(spacing_mm)
+    if not np.isfinite(spacing_mm) or spacing_mm <= 0:
+        raise ValueError(f"pixel spacing must be a positive number of mm, got {spacing_mm}")
+    old = layer_geometry(layer)
+    if not old.is_axis_aligned:
+        raise ValueError(f"'{layer.name}' is oblique: its spacing comes from its header")
+    n_plane = min(2, old.ndim)  # physical order (x, y[, z]): the in-plane axes come first
+    spacing = (spacing_mm,) * n_plane + tuple(old.spacing[n_plane:])
+    origin = tuple(o * s / p for o, s, p in zip(old.origin, spacing, old.spacing))
+    extra = {**(old.extra or {}), SPACING_SET_KEY: bool(estimated)}
+    new = Geometry(
+        spacing,
+        origin,
+        old.direction,
+        source=old.source,
+        modality=old.modality,
+        units="mm",
+        intensity_unit=old.intensity_unit,
+        extra=extra,
+    )
+    labels = find_labels(viewer, layer)  # before the image changes: linked by identity
+    for target in (layer, labels):
+        if target is None:
+            continue
+        target.metadata["geometry"] = new.to_dict()
+        target.units = "mm"
+        target.scale = new.scale
+        target.translate = new.translate
+    return new
 
 
 def image_array(layer) -> np.ndarray:
@@ -72,7 +166,7 @@ def image_array(layer) -> np.ndarray:
 
 def check_model(seg, image: np.ndarray, name: str) -> None:
     if seg is None:
-        raise SegmentInputError("no model: create a new one or load a checkpoint first")
+        raise SegmentInputError(NO_MODEL)
     if seg.spatial_dims == 3 and image.ndim == 2:
         raise SegmentInputError(f"a 3D model cannot segment the 2D image '{name}'")
 
@@ -140,6 +234,17 @@ def whole_job(layer, image, geometry) -> Job:
     return Job(layer, image, geometry, region, region)
 
 
+def unreviewed_job(widget: LightMWidget, layer, image, geometry) -> Job:
+    """A whole-image job that also carries the image's labels and truth (copies, so
+    edits made while it runs are not half read); without a Labels layer both are empty."""
+    job = whole_job(layer, image, geometry)
+    labels_layer = find_labels(widget.viewer, layer)
+    if labels_layer is not None and labels_layer.data.shape == image.shape:
+        job.labels = np.array(labels_layer.data, copy=True)
+        job.truth = widget.tracker.truth(labels_layer)
+    return job
+
+
 def find_shapes(viewer):
     """The active Shapes layer, else the top-most one, else None."""
     from napari.layers import Shapes
@@ -167,8 +272,10 @@ def make_jobs(widget: LightMWidget, mode: str) -> list[Job]:
         image = image_array(layer)
         check_model(seg, image, layer.name)
         geometry = layer_geometry(layer)
-        if mode in ("image", "unreviewed"):
+        if mode == "image":
             jobs.append(whole_job(layer, image, geometry))
+        elif mode == "unreviewed":
+            jobs.append(unreviewed_job(widget, layer, image, geometry))
         elif mode == "slice":
             z = current_index(widget.viewer, layer)[0]
             jobs.append(slice_job(layer, image, geometry, z, seg.spatial_dims))
@@ -184,8 +291,16 @@ def make_jobs(widget: LightMWidget, mode: str) -> list[Job]:
 
 def predict_jobs(seg, jobs: list[Job], cancel):
     """Generator (worker thread): yields Progress, returns the cropped predictions."""
+    from napari_lightm.engine.unreviewed import iter_predict_unreviewed
+
     out = []
     for job in jobs:
+        if job.truth is not None and job.truth.any():
+            prediction = yield from iter_predict_unreviewed(
+                seg, job.image, job.geometry, job.labels, job.truth, cancel=cancel
+            )
+            out.append(job.crop(np.asarray(prediction)))
+            continue
         roi = None if job.infer == full_region(job.image.shape) else job.infer
         prediction = yield from seg.iter_predict(job.image, job.geometry, roi=roi, cancel=cancel)
         out.append(job.crop(np.asarray(prediction)))
@@ -193,7 +308,8 @@ def predict_jobs(seg, jobs: list[Job], cancel):
 
 
 def apply_predictions(widget: LightMWidget, jobs: list[Job], predictions) -> int:
-    """Write each prediction into its image's Labels layer (main thread); voxels changed."""
+    """Write each prediction into its image's Labels layer (main thread), truth voxels
+    excepted; voxels changed."""
     seg = widget.model.segmenter
     n_classes = len(seg.class_names) if seg is not None else 256
     changed = 0
@@ -201,11 +317,21 @@ def apply_predictions(widget: LightMWidget, jobs: list[Job], predictions) -> int
         if job.image_layer not in widget.viewer.layers:  # removed while the job ran
             continue
         labels = ensure_labels(widget.viewer, job.image_layer, n_classes)
+        if seg is not None:  # the names a DICOM-SEG export gives its segments
+            labels.metadata["class_names"] = list(seg.class_names)
         widget.tracker.track(labels)
         changed += widget.tracker.write(labels, prediction, region=job.write)
         labels.refresh()
     widget.refresh_review()
     return changed
+
+
+def done_message(changed: int) -> str:
+    """What a finished segmentation says; an undo is offered only when something changed
+    (a write that changes nothing makes no undo step)."""
+    if changed == 0:
+        return "segmentation done: nothing changed (0 voxels; truth voxels are kept as they are)"
+    return f"segmentation written ({changed} voxels changed; Ctrl+Z undoes it)"
 
 
 def start_segment(widget: LightMWidget, mode: str) -> bool:
@@ -221,7 +347,7 @@ def start_segment(widget: LightMWidget, mode: str) -> bool:
 
     def _done(predictions):
         n = apply_predictions(widget, jobs, predictions)
-        show_info(f"segmentation written ({n} voxels changed; Ctrl+Z undoes it)")
+        show_info(done_message(n))
 
     widget.runner.start(f"segment {mode}", lambda token: predict_jobs(seg, jobs, token), _done)
     return True

@@ -8,6 +8,7 @@ The parts live in their own modules: model panel (``_model_panel``), segmentatio
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFrame,
     QGroupBox,
@@ -31,15 +33,18 @@ from napari_lightm import __version__
 from napari_lightm._napari import _keybindings as keys
 from napari_lightm._napari._click import ClickController
 from napari_lightm._napari._finetune_panel import FinetunePanel
-from napari_lightm._napari._model_panel import ModelPanel, lightm_home
+from napari_lightm._napari._model_panel import CORE_ERRORS, NO_MODEL, ModelPanel
 from napari_lightm._napari._review import (
+    IMAGE_ID_KEY,
+    IMAGE_KEY,
     ReviewStrip,
     ReviewTracker,
     ensure_labels,
     find_labels,
-    reviewed_slices,
+    image_id,
 )
-from napari_lightm._napari._workers import JobRunner
+from napari_lightm._napari._workers import JobRunner, alive
+from napari_lightm.engine.store import lightm_home
 
 if TYPE_CHECKING:
     import napari
@@ -83,6 +88,22 @@ class LightMWidget(QWidget):
         self.image_picker = QComboBox()
         self.image_picker.setToolTip("the image to segment")
         row.addWidget(self.image_picker, 1)
+        layout.addLayout(row)
+        # pixel spacing: read from the file, else estimated for the model and editable
+        row = QHBoxLayout()
+        row.addWidget(QLabel("spacing:"))
+        self.spacing = QDoubleSpinBox()
+        self.spacing.setDecimals(4)
+        self.spacing.setRange(0.0, 100.0)
+        self.spacing.setSingleStep(0.01)
+        self.spacing.setSuffix(" mm/px")
+        self.spacing.setSpecialValueText("unknown")  # shown at 0: never a silent 1 mm
+        self.spacing.setKeyboardTracking(False)  # one edit when typing ends, not per key
+        self.spacing.setToolTip("in-plane pixel spacing the model is given for this image")
+        row.addWidget(self.spacing)
+        self.spacing_note = QLabel("")
+        self.spacing_note.setWordWrap(True)
+        row.addWidget(self.spacing_note, 1)
         layout.addLayout(row)
 
         self.model = ModelPanel()
@@ -149,8 +170,13 @@ class LightMWidget(QWidget):
         self.runner = JobRunner(self.progress, self)
         self.tracker = ReviewTracker(on_change=lambda _layer: self.refresh_review())
         self.clicks = ClickController(self)
+        self._napari_connections: list = []  # (emitter, callback), cut on teardown
+        self._closed = False
         self._actions = self._connect()
         self._bound_keys = keys.bind_all(self.viewer, self._actions)
+        # closing the viewer deletes this widget without a closeEvent: tear down then
+        # too (a plain callable: it runs while the widget's Qt object goes away)
+        self.destroyed.connect(partial(LightMWidget._teardown, self))
         self.refresh_images()
         self.on_polarity(True)
 
@@ -163,10 +189,10 @@ class LightMWidget(QWidget):
             "segment_slice": lambda: self._guard(_segment.start_segment, self, "slice"),
             "segment_box": lambda: self._guard(_segment.start_segment, self, "box"),
             "segment_unreviewed": lambda: self._guard(_segment.start_segment, self, "unreviewed"),
-            "click_mode": self.enter_click_mode,
+            "click_mode": lambda: self._guard_io(self.enter_click_mode),
             "toggle_polarity": self.clicks.toggle,
-            "mark_reviewed": self.mark_current_reviewed,
-            "finetune": lambda: self._guard(self.finetune.start),
+            "mark_reviewed": lambda: self._guard_io(self.mark_current_reviewed),
+            "finetune": lambda: self._guard(self.start_finetune),
             "cancel": self.runner.cancel,
         }
         buttons = {
@@ -179,23 +205,44 @@ class LightMWidget(QWidget):
             "mark_reviewed": self.mark_button,
             "cancel": self.cancel_button,
         }
+        # the panel's own connection starts without checking for a model: ours says what to do
+        try:
+            self.finetune.finetune_button.clicked.disconnect(self.finetune.start)
+        except (TypeError, RuntimeError):  # wired otherwise: leave the panel's connection
+            pass
+        else:
+            buttons["finetune"] = self.finetune.finetune_button
         for action, button in buttons.items():
             button.clicked.connect(lambda _checked=False, a=action: actions[a]())
         self.save_session_button.clicked.connect(self._on_save_session)
         self.open_session_button.clicked.connect(self._on_open_session)
-        self.demo_button.clicked.connect(lambda: _demo.start_demo(self))
+        self.demo_button.clicked.connect(lambda: self._guard_io(_demo.start_demo, self))
         self.runner.busy_changed.connect(self._on_busy)
         self.image_picker.currentIndexChanged.connect(lambda _i: self._on_image_picked())
         self.review_strip.slice_clicked.connect(self._go_to_slice)
-        self.model.model_changed.connect(lambda _seg: self.refresh_review())
+        self.model.model_changed.connect(lambda _seg: self._on_model_changed())
+        self.spacing.valueChanged.connect(self._on_spacing_edited)
         events = self.viewer.layers.events
-        for event in (events.inserted, events.removed, events.reordered):
-            event.connect(self._on_layers_changed)
-        self.viewer.dims.events.current_step.connect(self._on_step)
+        for emitter, callback in (
+            (events.inserted, self._on_layers_changed),
+            (events.inserted, self._on_layer_inserted),
+            (events.removed, self._on_layers_changed),
+            (events.reordered, self._on_layers_changed),
+            (self.viewer.layers.selection.events.active, self._on_active_layer),
+            (self.viewer.dims.events.current_step, self._on_step),
+        ):
+            self._listen(emitter, callback)
         return actions
 
-    def _guard(self, func, *args) -> bool:
-        """Run an action unless a job is running (keys stay live while buttons are off)."""
+    def _listen(self, emitter, callback) -> None:
+        """Connect a napari event to this widget until it closes (once per pair)."""
+        if (emitter, callback) not in self._napari_connections:
+            emitter.connect(callback)
+            self._napari_connections.append((emitter, callback))
+
+    def _guard(self, func, *args):
+        """Run an action unless a job is running (keys stay live while buttons are off);
+        an error from the core becomes a notification (:meth:`_guard_io`)."""
         if self.runner.busy:
             from napari.utils.notifications import show_info
 
@@ -203,7 +250,7 @@ class LightMWidget(QWidget):
                 f"busy with '{self.runner.name}'; press Cancel [{keys.KEYBINDINGS['cancel'].key}]"
             )
             return False
-        return func(*args)
+        return self._guard_io(func, *args)
 
     def _on_busy(self, busy: bool) -> None:
         for button in (
@@ -213,6 +260,7 @@ class LightMWidget(QWidget):
             self.finetune.finetune_button,
             self.finetune.unreviewed_button,
             self.demo_button,
+            self.model.pretrained_button,
             self.model.new_button,
             self.model.load_button,
             self.model.recent_button,
@@ -223,12 +271,49 @@ class LightMWidget(QWidget):
         self.cancel_button.setEnabled(busy)
 
     def _on_layers_changed(self, event=None) -> None:
+        if not self.is_open:
+            return
         self.refresh_images()
         layer = getattr(event, "value", None)
         from napari.layers import Labels
 
-        if isinstance(layer, Labels) and layer.metadata.get("lightm_image"):
+        if isinstance(layer, Labels) and (
+            layer.metadata.get(IMAGE_ID_KEY) or layer.metadata.get(IMAGE_KEY)
+        ):
             self.tracker.track(layer)
+
+    def _on_layer_inserted(self, event=None) -> None:
+        """A newly opened image becomes the picked one."""
+        from napari.layers import Image
+
+        layer = getattr(event, "value", None)
+        if self.is_open and isinstance(layer, Image):
+            self.set_image(layer)
+
+    def _on_active_layer(self, event=None) -> None:
+        """The picker follows the layer the user selects: an image, or the image that a
+        selected Labels layer belongs to."""
+        from napari.layers import Image, Labels
+
+        if not self.is_open:
+            return
+        layer = self.viewer.layers.selection.active
+        if isinstance(layer, Labels):
+            uid = layer.unique_id  # layers may come wrapped in proxies: compare identities
+            layer = next(
+                (
+                    image
+                    for image in self.image_layers()
+                    if getattr(find_labels(self.viewer, image), "unique_id", None) == uid
+                ),
+                None,
+            )
+        if isinstance(layer, Image):
+            self.set_image(layer)
+
+    def _on_model_changed(self) -> None:
+        self.refresh_spacing()
+        self.refresh_review()
 
     def _on_step(self, event=None) -> None:
         self.refresh_review()
@@ -240,40 +325,104 @@ class LightMWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def refresh_images(self) -> None:
-        current = self.image_picker.currentText()
-        names = [layer.name for layer in self.image_layers()]
+        """List the open images by name; the picked one stays picked (by identity, so a
+        rename keeps it)."""
+        if not self.is_open:
+            return
+        current = self.image_picker.currentData()
+        layers = self.image_layers()
+        ids = [image_id(layer) for layer in layers]
         self.image_picker.blockSignals(True)
         self.image_picker.clear()
-        self.image_picker.addItems(names)
-        if current in names:
-            self.image_picker.setCurrentText(current)
-        elif names:
-            self.image_picker.setCurrentIndex(len(names) - 1)
+        for layer, uid in zip(layers, ids):
+            self.image_picker.addItem(layer.name, uid)
+            self._listen(layer.events.name, self._on_image_renamed)
+        if current in ids:
+            self.image_picker.setCurrentIndex(ids.index(current))
+        elif ids:
+            self.image_picker.setCurrentIndex(len(ids) - 1)
         self.image_picker.blockSignals(False)
         self._on_image_picked()
 
+    def _on_image_renamed(self, event=None) -> None:
+        self.refresh_images()
+
     def _on_image_picked(self) -> None:
-        """Offer the picked image's classes and modality for a new model."""
+        """Offer the picked image's classes and modality for a new model while no model is
+        loaded (a loaded model's own dimensions and classes stay shown)."""
         image = self.current_image()
-        if image is not None:
+        if image is not None and self.model.segmenter is None:
             names = image.metadata.get("class_names")
             if names:
                 self.model.classes.setText(", ".join(n for n in names if n != "background"))
             modality = (image.metadata.get("geometry") or {}).get("modality", "")
             self.model.modality_hint = modality if modality in ("CT", "MR", "XR") else "CT"
-            self.model.dims.setCurrentText("3D" if image.data.ndim == 3 else "2D")
+            # a volume gets a 3D model only when asked: the few-slice recipe's is 2D
+            few_slice = self.model.config.currentText() == "few-slice"
+            volume = image.data.ndim == 3 and not few_slice
+            self.model.dims.setCurrentText("3D" if volume else "2D")
+            from napari_lightm._napari._segment import layer_geometry
+
+            geometry = layer_geometry(image)
+            self.model.spacing_hint = None if geometry.units == "pixel" else geometry.scale
+        self.refresh_spacing()
         self.refresh_review()
+
+    # --- pixel spacing ------------------------------------------------------------
+    def refresh_spacing(self) -> None:
+        """Show the picked image's pixel spacing: from its file (read only), else the
+        model's estimate or what the user typed (editable), with a note."""
+        from napari_lightm._napari._segment import spacing_state
+
+        if not self.is_open:
+            return
+        image = self.current_image()
+        self.spacing.blockSignals(True)
+        try:
+            if image is None:
+                self.spacing.setValue(0.0)
+                self.spacing.setEnabled(False)
+                self.spacing_note.setText("")
+                return
+            state = spacing_state(image, self.model.segmenter)
+            self.spacing.setValue(state.value or 0.0)
+            self.spacing.setEnabled(state.editable)
+            self.spacing.setReadOnly(not state.editable)
+            self.spacing_note.setText(state.note)
+            self.spacing_note.setToolTip(state.note)
+        finally:
+            self.spacing.blockSignals(False)
+
+    def set_spacing(self, spacing_mm: float, image_layer=None) -> None:
+        """Use ``spacing_mm`` (mm per pixel, in-plane) for an image without a spacing of its
+        own (default: the picked one): what Segment, Click and Fine-tune give the model."""
+        from napari_lightm._napari._segment import set_layer_spacing, spacing_state
+
+        layer = image_layer or self.current_image()
+        if layer is None:
+            raise ValueError("open an image first")
+        if not spacing_state(layer, self.model.segmenter).editable:
+            raise ValueError(f"'{layer.name}' has a pixel spacing from its file; it stays")
+        set_layer_spacing(self.viewer, layer, spacing_mm)
+        if layer is self.current_image():
+            self.refresh_spacing()
+
+    def _on_spacing_edited(self, value: float) -> None:
+        if value > 0:
+            self._guard_io(self.set_spacing, value)
 
     def current_image(self):
         """The picked Image layer (None when no image is open)."""
-        name = self.image_picker.currentText()
+        uid = self.image_picker.currentData()
         for layer in self.image_layers():
-            if layer.name == name:
+            if image_id(layer) == uid:
                 return layer
         return None
 
     def set_image(self, layer) -> None:
-        self.image_picker.setCurrentText(layer.name)
+        index = self.image_picker.findData(image_id(layer))
+        if index >= 0:
+            self.image_picker.setCurrentIndex(index)
 
     def images_with_labels(self) -> list:
         """Open images that have a linked Labels layer."""
@@ -292,6 +441,17 @@ class LightMWidget(QWidget):
             self.tracker.track(layer)
         return layer
 
+    # --- fine-tune ----------------------------------------------------------------
+    def start_finetune(self) -> bool:
+        """Fine-tune the current model on the truth of the open images (the panel's run);
+        without a model, say how to get one."""
+        if self.model.segmenter is None:
+            from napari.utils.notifications import show_error
+
+            show_error(NO_MODEL)
+            return False
+        return self.finetune.start()
+
     # --- review -------------------------------------------------------------------
     def current_slice(self) -> int:
         from napari_lightm._napari._segment import current_index
@@ -308,21 +468,30 @@ class LightMWidget(QWidget):
             self.tracker.mark(labels, [self.current_slice()])
 
     def refresh_review(self) -> None:
+        """Show the reviewed slices, and the painted / clicked voxels of the current one."""
+        if not self.is_open:
+            return
         image = self.current_image()
         labels = find_labels(self.viewer, image) if image is not None else None
         if labels is None:
             self.review_strip.set_state(np.zeros(0, bool))
             self.review_summary.setText("no labels yet: segment, click or paint")
             return
-        flags = reviewed_slices(labels)
+        state = self.tracker.annotation(labels)
+        flags = state.reviewed
         current = self.current_slice()
         self.review_strip.set_state(flags, current)
         done = np.flatnonzero(flags).tolist()
         shown = ", ".join(map(str, done[:12])) + (" …" if len(done) > 12 else "")
+        marked = state.marked()
+        here = 0
+        if marked is not None:
+            here = int(np.count_nonzero(marked[current] if marked.ndim == 3 else marked))
         self.review_summary.setText(
             f"{len(done)} / {len(flags)} slices reviewed"
             + (f": {shown}" if done else "")
             + ("  (current slice reviewed)" if flags[current] else "")
+            + (f"; {here} painted/clicked voxels on this slice" if here else "")
         )
 
     def _go_to_slice(self, index: int) -> None:
@@ -386,18 +555,43 @@ class LightMWidget(QWidget):
             self._guard_io(self.open_session, folder)
 
     def _guard_io(self, func, *args):
+        """``func(*args)``; an error from the core (bad input, disk, device, safetensors)
+        becomes one notification and None, never an exception out of a Qt slot."""
         from napari.utils.notifications import show_error
 
         try:
             return func(*args)
-        except (ValueError, OSError) as exc:
+        except CORE_ERRORS as exc:
             show_error(str(exc))
             return None
 
     # --- teardown -----------------------------------------------------------------
-    def closeEvent(self, event) -> None:
-        self.runner.cancel()
+    @property
+    def is_open(self) -> bool:
+        """False once the widget closed or its Qt object was deleted (the viewer closed)."""
+        return not self._closed and alive(self)
+
+    def _teardown(self, *_args) -> None:
+        """Cancel the running job and cut every napari connection (idempotent).
+
+        Runs from ``closeEvent`` and when the widget is deleted (the viewer closed), so
+        it calls nothing on this widget's Qt objects.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.runner.shutdown()
         keys.unbind_all(self.viewer, self._bound_keys)
         self._bound_keys = []
         self.tracker.untrack_all()
+        self.clicks.close()
+        for emitter, callback in self._napari_connections:
+            try:
+                emitter.disconnect(callback)
+            except (RuntimeError, TypeError, ValueError):
+                pass
+        self._napari_connections = []
+
+    def closeEvent(self, event) -> None:
+        self._teardown()
         super().closeEvent(event)

@@ -71,7 +71,8 @@ def lateral_classes(class_names: Sequence[str]) -> bool:
 # --- reading folders -------------------------------------------------------------------
 
 
-def _stem(path: Path) -> str:
+def file_stem(path: Path) -> str:
+    """The file name without its image/labels suffix (``.nii.gz`` kept whole)."""
     name = path.name
     for suffix in (
         ".nii.gz",
@@ -92,7 +93,14 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _files(folder: Path) -> list[Path]:
+def case_name(path: Path) -> str:
+    """The case a file belongs to: its stem without nnU-Net's channel suffix ``_0000``
+    (``liver_003_0000.nii.gz`` and ``liver_003.nii.gz`` are both case ``liver_003``)."""
+    stem = file_stem(path)
+    return stem[:-5] if re.fullmatch(r".+_0000", stem) else stem
+
+
+def data_files(folder: Path) -> list[Path]:
     from napari_lightm.io.readers import ARRAY_SUFFIXES, IMAGE_SUFFIXES
 
     suffixes = IMAGE_SUFFIXES + ARRAY_SUFFIXES
@@ -121,13 +129,15 @@ def find_pairs(root: str | Path) -> tuple[list[tuple[str, list[Path], Path]], di
         raise DatasetError(
             f"{root} has neither imagesTr/ + labelsTr/ (nnU-Net / MSD) nor images/ + labels/"
         )
-    labels = {_stem(p): p for p in _files(root / labels_dir)}
+    labels = {file_stem(p): p for p in data_files(root / labels_dir)}
     channels: dict[str, dict[int, Path]] = {}
-    image_files = _files(root / images_dir)
+    image_files = data_files(root / images_dir)
     # nnU-Net names every image <case>_XXXX (channel); MSD / picture folders use <case>
-    suffixed = bool(image_files) and all(re.fullmatch(r".+_\d{4}", _stem(p)) for p in image_files)
+    suffixed = bool(image_files) and all(
+        re.fullmatch(r".+_\d{4}", file_stem(p)) for p in image_files
+    )
     for p in image_files:
-        stem = _stem(p)
+        stem = file_stem(p)
         case, ch = (stem[:-5], int(stem[-4:])) if suffixed else (stem, 0)
         channels.setdefault(case, {})[ch] = p
     pairs = []
@@ -181,14 +191,19 @@ def modality_from(meta: dict[str, Any], geometry: Any) -> str:
 
 def read_labels(path: Path) -> np.ndarray:
     """A label file as integer array (rounded; negative or > 255 values are an error)."""
+    return read_label_image(path)[0]
+
+
+def read_label_image(path: Path) -> tuple[np.ndarray, Any]:
+    """:func:`read_labels` with the file's :class:`~napari_lightm.io.Geometry`."""
     from napari_lightm.io import read_image
 
-    array, _ = read_image(path)
+    array, geometry = read_image(path)
     if array.dtype.kind == "f":
         array = np.rint(array)
     if array.min() < 0 or array.max() > 255:
         raise DatasetError(f"{path}: label values must be 0..255, got {array.min()}..{array.max()}")
-    return array.astype(np.uint8)
+    return array.astype(np.uint8), geometry
 
 
 def load_dataset(root: str | Path, modality: str | None = None) -> Dataset:

@@ -43,7 +43,7 @@ from napari_lightm.engine.data import (
     lateral_classes,
 )
 from napari_lightm.engine.losses import IGNORE, dice_ce_loss
-from napari_lightm.engine.preprocessing import array_spacing, as_channels, resample_to
+from napari_lightm.engine.preprocessing import as_channels, resample_to
 from napari_lightm.engine.recipe import (
     DEFAULT_RECIPE,
     FinetuneRecipe,
@@ -85,16 +85,24 @@ class FinetuneSample:
 
 def _sample_case(seg: Segmenter, s: FinetuneSample, i: int) -> Case:
     seg.check_compatible(s.image, s.geometry)
-    labels = np.where(s.reviewed, s.labels, IGNORE)
     if s.labels.dtype.kind not in "biu":
         raise ValueError(f"sample {i}: labels must be integers, got {s.labels.dtype}")
-    top = int(s.labels[s.reviewed].max(initial=0))
+    if seg.n_classes > IGNORE:
+        raise ValueError(
+            f"fine-tuning takes models of at most {IGNORE} classes ({IGNORE} marks ignored "
+            f"voxels); this one has {seg.n_classes}"
+        )
+    reviewed = s.labels[s.reviewed]
+    low, top = int(reviewed.min(initial=0)), int(reviewed.max(initial=0))
+    if low < 0:
+        raise ValueError(f"sample {i}: negative label value {low} (labels are class indices)")
     if top >= seg.n_classes:
         raise ValueError(
             f"sample {i}: label value {top} but the model has classes {seg.class_names}"
         )
+    labels = np.where(s.reviewed, s.labels, IGNORE)
     image = as_channels(s.image, seg.in_channels).astype(np.float32)
-    spacing = array_spacing(s.geometry, labels.ndim)
+    spacing, _ = seg.input_spacing(labels.shape, s.geometry)
     return Case(f"sample {i}", image, labels.astype(np.uint8), spacing)
 
 

@@ -12,7 +12,7 @@ window, as nnU-Net and MONAI) come from MONAI.
 - Mirroring TTA averages the logits over flips of every subset of spatial axes.
 - On CUDA the default precision is ``"tf32"``: float32 activations, TF32 tensor-core
   matmuls and convolutions (what training uses too). ``"bf16"`` autocasts (measured slower
-  with our fused kernels on an H200: benchmarks/RESULTS.md), ``"fp32"`` keeps full-precision
+  with our fused kernels on an H200: docs/benchmarks.md), ``"fp32"`` keeps full-precision
   matmuls. The selective scan's state is float32 in every case. If a tile batch runs out
   of GPU memory it is halved and retried (down to 1).
 """

@@ -6,7 +6,13 @@ Intensity schemes (as nnU-Net):
   data, then z-score with the foreground mean / std (dataset statistics, per channel).
   Before a model has seen data (:meth:`Preprocessing.default`), a fixed HU window is used:
   clip to [-1000, 1000] HU, then ``(x - 0) / 500``.
-- ``MR`` and ``XR`` (and anything else): per-image z-score, per channel.
+- ``MR`` and ``XR`` (and anything else): per-image z-score, per channel, after clipping
+  to the image's own 0.5 / 99.5 percentiles, so a few extreme voxels (a 1e30 pixel, a
+  burned-in marker) neither shift the statistics nor swamp the rest of the image.
+
+Statistics and the z-score are computed in float64 (in blocks, so memory stays near the
+float32 output's) and the result is clipped to +-:data:`MAX_ABS_Z`: intensities up to
+the float32 / float64 limits give finite model input.
 
 Spacing: ``spacing`` is the model's voxel size in **array order** for the model's spatial
 axes (``(y, x)`` for 2D models, ``(z, y, x)`` for 3D), or ``None`` = use the image as it
@@ -31,7 +37,13 @@ DEFAULT_CT_WINDOW = (-1000.0, 1000.0)  # HU, before dataset statistics exist
 DEFAULT_CT_MEAN = 0.0
 DEFAULT_CT_STD = 500.0
 CT_PERCENTILES = (0.5, 99.5)
-MAX_STAT_VOXELS = 1_000_000  # foreground voxels sampled for CT statistics
+ZSCORE_PERCENTILES = (0.5, 99.5)  # per-image clip of MR / XR before the z-score
+MAX_STAT_VOXELS = 1_000_000  # voxels sampled for percentiles (CT: foreground voxels)
+MAX_ABS_Z = 1e4  # normalised values are clipped to this (float32-safe, far beyond real data)
+BLOCK = 1 << 20  # voxels per float64 block
+MIN_SPACING, MAX_SPACING = 1e-3, 1e3  # mm; a model spacing outside is refused
+MAX_UPSAMPLING = 64  # resampling may multiply the voxel count by at most this ...
+MIN_CAPPED_VOXELS = 2**26  # ... once the result is larger than this
 
 
 @dataclass
@@ -45,6 +57,9 @@ class Preprocessing:
         clip_low, clip_high, mean, std: CT statistics per channel (lists of length
             ``in_channels``); unused for MR/XR.
         stats_from: ``"default"`` (fixed HU window) or ``"data"`` (computed by training).
+        field_of_view: median physical extent of the training images (mm, array order,
+            model axes), or None; scales images without a known spacing
+            (:func:`estimate_spacing`).
     """
 
     modality: str = "CT"
@@ -55,15 +70,25 @@ class Preprocessing:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     stats_from: str = "default"
+    field_of_view: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         self.modality = normalize_modality(self.modality)
+        if isinstance(self.in_channels, bool) or not isinstance(self.in_channels, int):
+            raise ValueError(f"in_channels must be an integer, got {_short(self.in_channels)}")
         if self.in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
         if self.spacing is not None:
             self.spacing = tuple(float(s) for s in self.spacing)
-            if any(s <= 0 or not np.isfinite(s) for s in self.spacing):
-                raise ValueError(f"spacing must be positive, got {self.spacing}")
+            if not all(MIN_SPACING <= s <= MAX_SPACING for s in self.spacing):  # NaN fails too
+                raise ValueError(
+                    f"spacing must be between {MIN_SPACING} and {MAX_SPACING} mm, "
+                    f"got {self.spacing}"
+                )
+        if self.field_of_view is not None:
+            self.field_of_view = tuple(float(v) for v in self.field_of_view)
+            if not all(np.isfinite(v) and v > 0 for v in self.field_of_view):
+                raise ValueError(f"field of view must be positive, got {self.field_of_view}")
         if self.modality == "CT" and not self.mean:
             c = self.in_channels
             self.clip_low = [DEFAULT_CT_WINDOW[0]] * c
@@ -71,6 +96,34 @@ class Preprocessing:
             self.mean = [DEFAULT_CT_MEAN] * c
             self.std = [DEFAULT_CT_STD] * c
             self.stats_from = "default"
+        if self.modality == "CT":
+            self._check_ct_statistics()
+
+    def _check_ct_statistics(self) -> None:
+        stats = {"clip_low": self.clip_low, "clip_high": self.clip_high, "mean": self.mean,
+                 "std": self.std}
+        for name, values in stats.items():
+            if not isinstance(values, (list, tuple)) or len(values) != self.in_channels:
+                raise ValueError(
+                    f"CT statistic {name} needs {self.in_channels} value(s), got {_short(values)}"
+                )
+            if not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                for v in values
+            ):
+                raise ValueError(
+                    f"CT statistic {name} must be finite numbers, got {_short(values)}"
+                )
+            stats[name] = [float(v) for v in values]
+        self.clip_low, self.clip_high = stats["clip_low"], stats["clip_high"]
+        self.mean, self.std = stats["mean"], stats["std"]
+        if any(s <= 0 for s in self.std) or any(
+            lo > hi for lo, hi in zip(self.clip_low, self.clip_high)
+        ):
+            raise ValueError(
+                f"CT statistics need std > 0 and clip_low <= clip_high, got std {self.std}, "
+                f"clip {self.clip_low}..{self.clip_high}"
+            )
 
     @classmethod
     def default(
@@ -116,23 +169,38 @@ class Preprocessing:
             v = np.concatenate(samples[c])
             lo, hi = np.percentile(v, CT_PERCENTILES)
             v = np.clip(v, lo, hi)
+            mean, std = float(v.mean()), float(v.std())
+            if not np.isfinite([lo, hi, mean, std]).all():
+                raise ValueError(
+                    f"channel {c}: intensities {lo:.3g}..{hi:.3g} are too large for statistics"
+                )
             out.clip_low.append(float(lo))
             out.clip_high.append(float(hi))
-            out.mean.append(float(v.mean()))
-            out.std.append(float(max(v.std(), 1e-8)))
+            out.mean.append(mean)
+            out.std.append(max(std, 1e-8))
         out.stats_from = "data"
         return out
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
-        """Intensities to model input: ``[C, *S]`` -> float32 ``[C, *S]``."""
+        """Intensities to model input: ``[C, *S]`` -> float32 ``[C, *S]`` (finite, within
+        +-:data:`MAX_ABS_Z`, for any finite input)."""
         out = np.empty(image.shape, dtype=np.float32)
         for c in range(image.shape[0]):
-            x = image[c].astype(np.float32, copy=False)
+            x = np.ascontiguousarray(image[c]).reshape(-1)
+            scale = 1.0
             if self.scheme == "ct":
-                x = np.clip(x, self.clip_low[c], self.clip_high[c])
-                out[c] = (x - self.mean[c]) / self.std[c]
+                lo, hi = self.clip_low[c], self.clip_high[c]
+                mean, std = self.mean[c], self.std[c]
             else:
-                out[c] = (x - x.mean()) / max(float(x.std()), 1e-8)
+                scale = _safe_scale(x)
+                lo, hi, median = _sample_percentiles(x, (*ZSCORE_PERCENTILES, 50.0), scale)
+                mean, std = clipped_mean_std(x, lo, hi, median, scale)
+            dst = out[c].reshape(-1)  # a view: out is C-contiguous
+            for i in range(0, x.size, BLOCK):
+                v = np.clip(_block(x, i, scale), lo, hi)
+                v -= mean
+                v /= std
+                dst[i : i + BLOCK] = np.clip(v, -MAX_ABS_Z, MAX_ABS_Z)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +214,7 @@ class Preprocessing:
             "mean": list(self.mean),
             "std": list(self.std),
             "stats_from": self.stats_from,
+            "field_of_view": None if self.field_of_view is None else list(self.field_of_view),
         }
 
     @classmethod
@@ -159,17 +228,79 @@ class Preprocessing:
             "mean",
             "std",
             "stats_from",
+            "field_of_view",
         )
         return cls(**{k: d[k] for k in keys if k in d})
 
 
+def _short(value: Any) -> str:
+    """``repr`` on one line of at most 60 characters (values from a file may be huge)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def robust_range(x: np.ndarray) -> tuple[float, float]:
+    """The :data:`ZSCORE_PERCENTILES` of ``x`` (flat, finite), float64; from a fixed random
+    sample of :data:`MAX_STAT_VOXELS` voxels for large images."""
+    scale = _safe_scale(x)
+    lo, hi = _sample_percentiles(x, ZSCORE_PERCENTILES, scale)
+    return lo / scale, hi / scale
+
+
+def _safe_scale(x: np.ndarray) -> float:
+    """A power of two that brings float64 intensities near the type's limit down to where
+    sums of squares cannot overflow (z-scores do not change with the scale); 1 otherwise."""
+    if x.size == 0 or x.dtype.kind != "f" or x.dtype.itemsize <= 4:
+        return 1.0  # float32 / integer squares stay far below the float64 limit
+    top = max(abs(float(x.max())), abs(float(x.min())))
+    return 2.0 ** -np.frexp(top)[1] if top > 1e150 else 1.0
+
+
+def _block(x: np.ndarray, start: int, scale: float = 1.0) -> np.ndarray:
+    v = x[start : start + BLOCK].astype(np.float64)
+    if scale != 1.0:
+        v *= scale
+    return v
+
+
+def _sample_percentiles(x: np.ndarray, q: Sequence[float], scale: float = 1.0) -> list[float]:
+    if x.size == 0:
+        return [0.0] * len(q)
+    if x.size > MAX_STAT_VOXELS:
+        x = x[np.random.default_rng(0).integers(0, x.size, MAX_STAT_VOXELS)]
+    return [float(v) for v in np.percentile(x.astype(np.float64) * scale, q)]
+
+
+def clipped_mean_std(
+    x: np.ndarray, lo: float, hi: float, center: float | None = None, scale: float = 1.0
+) -> tuple[float, float]:
+    """Mean and standard deviation (floor 1e-8) of ``clip(x * scale, lo, hi)`` (``x`` flat),
+    float64, one pass in blocks; sums are taken around ``center`` (default: the median)
+    to keep their precision."""
+    n = max(1, x.size)
+    if center is None:
+        center = _sample_percentiles(x, (50.0,), scale)[0]
+    ref = min(max(center, lo), hi)
+    total = squares = 0.0
+    for i in range(0, x.size, BLOCK):
+        v = np.clip(_block(x, i, scale), lo, hi)
+        v -= ref
+        total += float(v.sum())
+        squares += float(np.dot(v, v))
+    mean = total / n
+    std = float(np.sqrt(max(squares / n - mean * mean, 0.0)))
+    return ref + mean, std if std > 1e-8 else 1e-8
+
+
 def normalize_modality(modality: str) -> str:
     """``"ct"`` -> ``"CT"``, ``"MRI"`` -> ``"MR"``, ``"CR"/"DX"/"X-ray"`` -> ``"XR"``."""
-    m = str(modality).strip().upper().replace("-", "")
+    m = str(modality)[:40].strip().upper().replace("-", "")
     aliases = {"MRI": "MR", "CR": "XR", "DX": "XR", "XRAY": "XR", "DR": "XR"}
     m = aliases.get(m, m)
     if m not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; choose from {', '.join(MODALITIES)}")
+        raise ValueError(
+            f"unknown modality {_short(modality)}; choose from {', '.join(MODALITIES)}"
+        )
     return m
 
 
@@ -196,14 +327,71 @@ def array_spacing(geometry: Any, ndim: int) -> tuple[float, ...]:
 
 
 def resample_to(
-    array: np.ndarray, src_spacing: Sequence[float], dst_spacing: Sequence[float] | None, order: int
+    array: np.ndarray,
+    src_spacing: Sequence[float],
+    dst_spacing: Sequence[float] | None,
+    order: int,
+    antialias: bool = False,
 ) -> np.ndarray:
-    """Resample the last ``len(src_spacing)`` axes from ``src`` to ``dst`` spacing (None: as is)."""
+    """Resample the last ``len(src_spacing)`` axes from ``src`` to ``dst`` spacing (None: as is).
+
+    ``antialias``: low-pass the axes that shrink first (Gaussian, sigma = (factor - 1) / 2
+    voxels, as scikit-image), so a film downsampled 8x keeps its anatomy instead of aliased
+    noise; for images, never for labels.
+    """
     from napari_lightm.io.geometry import resample
 
     if dst_spacing is None or np.allclose(src_spacing, dst_spacing, rtol=1e-3):
         return array
+    check_resampled_size(array.shape[-len(src_spacing):], src_spacing, dst_spacing)
+    if antialias and order > 0:
+        factors = [d / s for s, d in zip(src_spacing, dst_spacing)]
+        sigma = [0.0] * (array.ndim - len(factors)) + [max(0.0, (f - 1) / 2) for f in factors]
+        if any(v > 0 for v in sigma):
+            from scipy import ndimage
+
+            array = ndimage.gaussian_filter(
+                array.astype(np.float32, copy=False), sigma, mode="nearest"
+            )
     return resample(array, tuple(src_spacing), tuple(dst_spacing), order=order)
+
+
+def spacing_is_known(geometry: Any) -> bool:
+    """False for images without a physical pixel spacing (``units="pixel"``: PNG, JPEG,
+    TIFF, DICOM without PixelSpacing) and for no geometry at all."""
+    return geometry is not None and getattr(geometry, "units", "mm") != "pixel"
+
+
+def estimate_spacing(
+    shape: Sequence[int], preprocessing: Preprocessing
+) -> tuple[float, ...] | None:
+    """Isotropic spacing (mm) that fits the image's shorter side to the model's field of view.
+
+    For X-rays without a spacing: chest films are framed on the chest, so the image spans
+    about what the training images spanned. The shorter sides are matched because film
+    formats differ mostly in their longer side (14 x 14 vs 14 x 17 inch). None when the
+    model records no field of view.
+    """
+    fov = preprocessing.field_of_view
+    if fov is None or not len(shape):
+        return None
+    side = min(int(n) for n in shape)
+    return (float(min(fov)) / max(side, 1),) * len(shape)
+
+
+def check_resampled_size(
+    shape: Sequence[int], src_spacing: Sequence[float], dst_spacing: Sequence[float]
+) -> None:
+    """Refuse a resampling that would multiply the voxel count by more than
+    :data:`MAX_UPSAMPLING` into more than :data:`MIN_CAPPED_VOXELS` voxels (a spacing
+    off by orders of magnitude), before anything is allocated."""
+    before = float(np.prod(shape))
+    after = float(np.prod([n * s / d for n, s, d in zip(shape, src_spacing, dst_spacing)]))
+    if after > MIN_CAPPED_VOXELS and after > MAX_UPSAMPLING * before:
+        raise ValueError(
+            f"resampling {tuple(shape)} voxels of spacing {tuple(src_spacing)} to the model "
+            f"spacing {tuple(dst_spacing)} would make {after:.3g} voxels; check the spacing"
+        )
 
 
 def resample_shape(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
@@ -218,12 +406,19 @@ def resample_shape(array: np.ndarray, shape: Sequence[int], order: int) -> np.nd
 
 __all__ = [
     "CT_PERCENTILES",
+    "MAX_ABS_Z",
+    "ZSCORE_PERCENTILES",
     "DEFAULT_CT_WINDOW",
     "MODALITIES",
     "Preprocessing",
     "array_spacing",
     "as_channels",
+    "check_resampled_size",
+    "clipped_mean_std",
+    "estimate_spacing",
     "normalize_modality",
     "resample_shape",
     "resample_to",
+    "robust_range",
+    "spacing_is_known",
 ]

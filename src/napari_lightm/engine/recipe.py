@@ -5,7 +5,7 @@ unreviewed". :data:`DEFAULT_RECIPE` says how: the model a new volume gets
 (:func:`new_segmenter`), how :func:`~napari_lightm.engine.finetuning.iter_finetune`
 trains it, and how :func:`~napari_lightm.engine.unreviewed.predict_unreviewed` turns its
 output and the reviewed slices into labels. The measurements behind each default are in
-``benchmarks/RESULTS.md`` (``benchmarks/hitl.py``).
+``docs/benchmarks.md`` (``benchmarks/hitl.py``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class FinetuneRecipe:
     - ``prior_weight``, ``prior_scale_mm``: between reviewed slices, a class's logit gets
       ``prior_weight * clip(-d / prior_scale_mm, +-prior_clip)``, ``d`` the interpolated
       signed distance (mm), scaled down by ``1 + gap_mm / prior_gap_mm`` away from the
-      reviewed slices.
+      reviewed slices; ``prior_spread`` widens ``prior_scale_mm`` by this factor x how
+      far the two reviewed shapes around a slice disagree there (0: off).
     - ``keep_connected``: per class, only the 3D components touching reviewed voxels of
       that class; ``fill_holes``: in-plane holes filled.
     - ``slice_batch``: slices per forward pass when a 2D model predicts a volume.
@@ -63,7 +64,7 @@ class FinetuneRecipe:
     init_filters: int = 8
     plane_spacing_mm: float = 1.5
     patch: int = 256
-    lr: float = 3e-3
+    lr: float = 1e-2
     lr_trained: float = 1e-3
     schedule: str = "poly"
     warmup: int = 0
@@ -74,10 +75,10 @@ class FinetuneRecipe:
     pseudo_fraction: float = 0.5
     pseudo_margin_mm: float = 1.0
     pseudo_margin_slope: float = 0.5
-    prior_weight: float = 1.0
-    prior_scale_mm: float = 2.0
+    prior_weight: float = 4.0
+    prior_scale_mm: float = 1.0
     prior_clip: float = 8.0
-    prior_gap_mm: float = 10.0
+    prior_gap_mm: float = 1000.0
     prior_spread: float = 0.0
     keep_connected: bool = True
     fill_holes: bool = True

@@ -26,13 +26,22 @@ from typing import Any
 import numpy as np
 
 from napari_lightm.engine.callbacks import CancelToken, Progress, ProgressCallback
-from napari_lightm.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_lightm.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    short_repr,
+)
 from napari_lightm.engine.preprocessing import (
+    MAX_SPACING,
+    MIN_SPACING,
     Preprocessing,
     array_spacing,
     as_channels,
+    estimate_spacing,
     resample_shape,
     resample_to,
+    spacing_is_known,
 )
 
 DEFAULT_PATCH = {2: (256, 256), 3: (64, 128, 128)}
@@ -203,43 +212,47 @@ class Segmenter:
     def from_metadata(
         cls, state: dict, meta: dict, file: Any = "checkpoint", scan_backend: str | None = None
     ) -> Segmenter:
+        """A Segmenter from checkpoint ``meta`` and weights ``state``.
+
+        Every metadata field is checked (types, ranges) and the weights' names and shapes
+        are compared with the architecture the metadata describes before the model is
+        built, so tampered metadata never allocates more than the weights in the file;
+        raises :class:`CheckpointError` naming ``file`` and the field.
+        """
+        import torch
+
         from napari_lightm.model import LightMUNet
 
+        kwargs, names, patch = checked_metadata(meta, file)
+        arch = meta["architecture"]
         try:
-            arch = dict(meta["architecture"])
-            kwargs = {
-                k: arch[k]
-                for k in (
-                    "spatial_dims",
-                    "in_channels",
-                    "out_channels",
-                    "init_filters",
-                    "blocks_down",
-                    "blocks_up",
-                )
-            }
-            model = LightMUNet(**kwargs, scan_backend=scan_backend)
-            pre = Preprocessing.from_dict(meta["preprocessing"])
-            seg = cls(
-                model,
-                config=arch.get("config", "custom"),
-                class_names=meta["class_names"],
-                preprocessing=pre,
-                patch_size=meta["patch_size"],
-                version=meta.get("version", 0),
-                history=meta.get("history", []),
-            )
-        except (KeyError, TypeError, ValueError) as err:
+            with torch.device("meta"):  # shapes only: nothing allocated
+                expected = LightMUNet(**kwargs).state_dict()
+        except (TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"checkpoint {file} has unusable metadata: {err}") from err
-        seg.base_config = arch.get("base_config", arch.get("config", "custom"))
-        missing, unexpected, wrong = _state_mismatch(model.state_dict(), state)
+        missing, unexpected, wrong = _state_mismatch(expected, state)
         if missing or unexpected or wrong:
             raise CheckpointError(
                 f"weights in {file} do not fit the architecture its metadata describes: "
                 f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another "
                 f"shape (e.g. {(missing + unexpected + wrong)[:2]})"
             )
-        model.load_state_dict(state, strict=True)
+        try:
+            model = LightMUNet(**kwargs, scan_backend=scan_backend)
+            pre = Preprocessing.from_dict(meta["preprocessing"])
+            seg = cls(
+                model,
+                config=str(arch.get("config", "custom")),
+                class_names=names,
+                preprocessing=pre,
+                patch_size=patch,
+                version=meta.get("version", 0),
+                history=meta.get("history", []),
+            )
+            model.load_state_dict(state, strict=True)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"checkpoint {file} has unusable metadata: {err}") from err
+        seg.base_config = str(arch.get("base_config", arch.get("config", "custom")))
         model.eval()
         return seg
 
@@ -397,6 +410,33 @@ class Segmenter:
                 f"geometry has {len(geometry.spacing)} axes, the image {spatial} spatial axes"
             )
 
+    def input_spacing(
+        self, shape: Sequence[int], geometry: Any = None
+    ) -> tuple[tuple[float, ...], str | None]:
+        """Array-order spacing (mm) the model takes an image of spatial ``shape`` to have,
+        and a note for people when it was estimated rather than read.
+
+        A known spacing is used as it is. An image without one (``units="pixel"``: PNG,
+        JPEG, TIFF; or no geometry) given to a model that records its training field of
+        view (X-ray models) is scaled to span that field of view
+        (:func:`~napari_lightm.engine.preprocessing.estimate_spacing`), never taken as
+        1 mm per pixel; other models take it as it is (1 mm).
+        """
+        shape = tuple(int(n) for n in shape)
+        if spacing_is_known(geometry):
+            return array_spacing(geometry, len(shape)), None
+        model_axes = shape[-self.spatial_dims :]
+        estimate = estimate_spacing(model_axes, self.preprocessing) if self.spacing else None
+        if estimate is None:
+            return array_spacing(geometry, len(shape)), None
+        spacing = (*array_spacing(geometry, len(shape))[: len(shape) - len(model_axes)], *estimate)
+        note = (
+            f"pixel spacing unknown: estimated {estimate[-1]:.3g} mm by fitting the image's "
+            f"shorter side to the model's {min(self.preprocessing.field_of_view):.0f} mm "
+            "field of view"
+        )
+        return spacing, note
+
     # --- prediction -----------------------------------------------------------------
     def iter_logits(
         self,
@@ -429,13 +469,13 @@ class Segmenter:
             slice(max(0, r.start - m), min(n, r.stop + m)) for r, m, n in zip(region, margins, size)
         )
         x = x[(slice(None), *context)]
-        spacing = array_spacing(geometry, len(size))
+        spacing, _ = self.input_spacing(size, geometry)
         if slice_mode:  # [C, Z, Y, X] -> planes [Z, C, Y, X]
             planes, spacing = np.ascontiguousarray(x.transpose(1, 0, 2, 3)), spacing[1:]
         else:
             planes = x[None]
         in_plane = planes.shape[2:]
-        planes = resample_to(planes, spacing, self.spacing, order=1)
+        planes = resample_to(planes, spacing, self.spacing, order=1, antialias=True)
         self.model.eval()
         logits = yield from iter_sliding_window(
             self.model,
@@ -575,6 +615,114 @@ def normalize_roi(roi: Sequence[slice] | None, size: Sequence[int]) -> tuple[sli
             raise ValueError(f"roi {roi!r} is empty along axis {axis} (size {n})")
         out.append(slice(start, stop))
     return tuple(out)
+
+
+# Ranges a checkpoint's metadata must stay in: beyond them a tampered file could make the
+# model or the sliding-window buffers allocate without bound before anything else fails.
+MAX_INIT_FILTERS = 1024
+MAX_STAGES = 6
+MAX_BLOCKS = 16
+MAX_IN_CHANNELS = 64
+MAX_CLASSES = 65536  # labels are uint16 at most
+MAX_PATCH_VOXELS = 2**24  # e.g. 256^3
+MAX_PATCH_SIDE = 4096
+
+
+def checked_metadata(meta: Any, file: Any = "checkpoint") -> tuple[dict, list[str], list[int]]:
+    """Validate checkpoint metadata; returns the LightMUNet arguments, class names and patch.
+
+    Raises :class:`CheckpointError` naming ``file`` and the first unusable field.
+    """
+
+    def fail(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {file} has unusable metadata: {what}")
+
+
+    def integer(value: Any, name: str, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise fail(f"{name} must be an integer in {lo}..{hi}, got {short_repr(value)}")
+        return value
+
+    def int_list(value: Any, name: str, lo: int, hi: int, length: range) -> list[int]:
+        if not isinstance(value, list) or len(value) not in length:
+            raise fail(
+                f"{name} must be a list of {length.start}..{length.stop - 1} integers, "
+                f"got {short_repr(value)}"
+            )
+        return [integer(v, name, lo, hi) for v in value]
+
+    if not isinstance(meta, dict):
+        raise fail(f"expected a JSON object, got {type(meta).__name__}")
+    for key in ("architecture", "class_names", "preprocessing", "patch_size"):
+        if key not in meta:
+            raise fail(f"'{key}' is missing")
+    arch = meta["architecture"]
+    if not isinstance(arch, dict):
+        raise fail(f"'architecture' must be an object, got {type(arch).__name__}")
+    for key in ("spatial_dims", "in_channels", "out_channels", "init_filters", "blocks_down",
+                "blocks_up"):
+        if key not in arch:
+            raise fail(f"architecture '{key}' is missing")
+    dims = integer(arch["spatial_dims"], "spatial_dims", 2, 3)
+    filters = integer(arch["init_filters"], "init_filters", 8, MAX_INIT_FILTERS)
+    if filters % 8:
+        raise fail(f"init_filters must be a multiple of 8, got {filters}")
+    down = int_list(arch["blocks_down"], "blocks_down", 0, MAX_BLOCKS, range(1, MAX_STAGES + 1))
+    up = int_list(arch["blocks_up"], "blocks_up", 0, MAX_BLOCKS, range(len(down) - 1, len(down)))
+    kwargs = {
+        "spatial_dims": dims,
+        "in_channels": integer(arch["in_channels"], "in_channels", 1, MAX_IN_CHANNELS),
+        "out_channels": integer(arch["out_channels"], "out_channels", 2, MAX_CLASSES),
+        "init_filters": filters,
+        "blocks_down": down,
+        "blocks_up": up,
+    }
+    names = meta["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise fail(f"class_names must be a list of names, got {short_repr(names)}")
+    if len(names) != kwargs["out_channels"] or len(set(names)) != len(names):
+        raise fail(
+            f"{len(names)} class names ({len(set(names))} distinct) for a model with "
+            f"{kwargs['out_channels']} outputs"
+        )
+    divisor = max(8, 2 ** (len(down) - 1))
+    patch = int_list(meta["patch_size"], "patch_size", 1, MAX_PATCH_SIDE, range(dims, dims + 1))
+    if any(p % divisor for p in patch) or int(np.prod(patch)) > MAX_PATCH_VOXELS:
+        raise fail(
+            f"patch_size {patch} must be multiples of {divisor} with at most "
+            f"{MAX_PATCH_VOXELS} voxels"
+        )
+    pre = meta["preprocessing"]
+    if not isinstance(pre, dict):
+        raise fail(f"'preprocessing' must be an object, got {type(pre).__name__}")
+    for key, value in (("spacing", meta.get("spacing")), ("preprocessing spacing",
+                                                          pre.get("spacing"))):
+        if value is None:
+            continue
+        if (
+            not isinstance(value, list)
+            or len(value) != dims
+            or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool)
+                and MIN_SPACING <= v <= MAX_SPACING
+                for v in value
+            )
+        ):
+            raise fail(
+                f"{key} must be {dims} numbers in {MIN_SPACING}..{MAX_SPACING} mm, "
+                f"got {short_repr(value)}"
+            )
+    if pre.get("in_channels", 1) != kwargs["in_channels"]:
+        raise fail(
+            f"preprocessing has {short_repr(pre.get('in_channels'))} input channels, the model "
+            f"{kwargs['in_channels']}"
+        )
+    version = meta.get("version", 0)
+    integer(version, "version", 0, 2**31)
+    history = meta.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise fail("history must be a list of objects")
+    return kwargs, list(names), patch
 
 
 def _state_mismatch(expected: dict, got: dict) -> tuple[list[str], list[str], list[str]]:

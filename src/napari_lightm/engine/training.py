@@ -12,9 +12,10 @@ Recipe (the authors' nnU-Net trainer, adapted to short runs):
 - default LR :data:`DEFAULT_LR` (see its comment for the experiment that chose it);
 - validation Dice (mean over foreground classes, sliding window) every ``val_every``
   steps on a held-out share of the cases; ``best.safetensors`` (best validation Dice)
-  and ``last.safetensors`` + ``train_state.pt`` (optimizer, step, RNG: ``resume=True``
-  continues the step count) in ``out_dir``, all written atomically. Cancel raises
-  :class:`Cancelled` between steps and writes nothing more.
+  and ``last.safetensors`` + ``train_state.safetensors`` (weights, optimizer, step, RNG
+  states, losses: ``resume=True`` continues the run exactly; no pickle, see
+  :func:`~napari_lightm.engine.checkpoint.save_train_state`) in ``out_dir``, all written
+  atomically. Cancel raises :class:`Cancelled` between steps and writes nothing more.
 
 Distributed: when ``WORLD_SIZE`` > 1 (``torchrun``), the process group is initialised
 from the environment (NCCL on CUDA, gloo on CPU), the model is wrapped in
@@ -36,7 +37,13 @@ import torch
 
 from napari_lightm._triton_guard import keep_triton_out
 from napari_lightm.engine.callbacks import CancelToken, Progress, ProgressCallback, check
-from napari_lightm.engine.checkpoint import CheckpointError, atomic_write
+from napari_lightm.engine.checkpoint import (
+    CheckpointError,
+    check_finite,
+    load_train_state,
+    save_train_state,
+    short_repr,
+)
 from napari_lightm.engine.data import (
     Augmentation,
     Case,
@@ -59,7 +66,9 @@ WEIGHT_DECAY = 1e-5
 ADAM_EPS = 1e-5
 GRAD_CLIP = 12.0
 POLY_EXPONENT = 0.9
-STATE_FILE = "train_state.pt"
+STATE_FILE = "train_state.safetensors"
+OLD_STATE_FILE = "train_state.pt"  # pickle format of earlier versions: never loaded
+RUN_FILES = ("best.safetensors", "last.safetensors", STATE_FILE, OLD_STATE_FILE)
 
 
 # --- pieces shared with fine-tuning ---------------------------------------------------------
@@ -142,6 +151,21 @@ def model_spacing(cases: Sequence[Case], spatial_dims: int) -> tuple[float, ...]
     sp = np.array([c.spacing[-spatial_dims:] for c in cases], dtype=float)
     med = np.median(sp, axis=0)
     return tuple(float(s) for s in med)
+
+
+def field_of_view(
+    cases: Sequence[Case], spatial_dims: int, spacing: Sequence[float] | None
+) -> tuple[float, ...] | None:
+    """Median physical extent (mm, array order) of the cases on the model's axes.
+
+    Stored with the model: an X-ray without a pixel spacing is scaled so that it spans
+    this field of view (:func:`napari_lightm.engine.preprocessing.estimate_spacing`).
+    """
+    if spacing is None:
+        return None
+    extent = np.array([np.multiply(c.labels.shape[-spatial_dims:], c.spacing[-spatial_dims:])
+                       for c in cases], dtype=float)
+    return tuple(float(v) for v in np.median(extent, axis=0))
 
 
 def default_patch(cases: Sequence[Case], spatial_dims: int) -> tuple[int, ...]:
@@ -251,7 +275,7 @@ def iter_train(
     max_val_cases: int = 16,
     device: Any = "auto",
     spacing: str | Sequence[float] | None = "median",
-    augment: bool = True,
+    augment: bool | Any = True,
     init: Segmenter | None = None,
     model_kwargs: dict[str, Any] | None = None,
     cancel: CancelToken | None = None,
@@ -260,7 +284,8 @@ def iter_train(
 
     Args:
         data: dataset folder (see :mod:`napari_lightm.engine.data`) or a :class:`Dataset`.
-        out_dir: checkpoints go here (``best``/``last.safetensors``, ``train_state.pt``).
+        out_dir: checkpoints go here (``best``/``last.safetensors``,
+            ``train_state.safetensors``).
         spatial_dims: 2 or 3; default 2 for 2D images, else 3.
         config: ``"light"`` or ``"repo"``.
         class_names: override the names from ``dataset.json``.
@@ -270,13 +295,17 @@ def iter_train(
         batch_size: per process.
         lr, weight_decay, optimizer, grad_clip: optimisation (see module docstring).
         seed: seeds weights, patch sampling and augmentation.
-        resume: continue from ``out_dir/train_state.pt`` (same step count and RNG).
+        resume: continue from ``out_dir/train_state.safetensors`` (same step count, RNG
+            states and losses). Without a state there, a folder holding no checkpoints
+            starts a new run; one with checkpoints, or with only an old-format
+            ``train_state.pt`` (pickle, never loaded), raises :class:`CheckpointError`.
         val_fraction, val_every, max_val_cases: validation split and schedule
             (default every ``max_steps // 10`` steps, at least 1).
         device: see :func:`~napari_lightm.engine.pick_device` (``cuda:LOCAL_RANK`` under
             torchrun).
         spacing: ``"median"`` (of the data), None (as the images are) or a spacing.
-        augment: use :class:`Augmentation`.
+        augment: True for :class:`Augmentation`, False for none, or an augmentation
+            object (``aug(x, y, generator) -> (x, y)``, e.g. ``XRayAugmentation``).
         init: start from this Segmenter's weights (fine-tuning a trained model on a dataset).
         model_kwargs: override LightMUNet arguments (e.g. ``{"init_filters": 8}``).
         cancel: checked every step; raises :class:`Cancelled` (nothing half-written).
@@ -297,6 +326,15 @@ def iter_train(
     total = max_steps if max_steps is not None else (epochs * steps_per_epoch if epochs else 1000)
     if total < 1:
         raise ValueError(f"max_steps must be >= 1, got {total}")
+    for name, value in (("batch_size", batch_size), ("val_every", val_every)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (np.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} is a file")
+    state = _resume_state(out_dir) if resume else None  # a bad state fails before any work
 
     dataset = data if isinstance(data, Dataset) else load_dataset(data, modality)
     names = list(class_names) if class_names is not None else dataset.class_names
@@ -337,6 +375,7 @@ def iter_train(
         seg.preprocessing = seg.preprocessing.fit(
             [c.image for c in train_raw], [c.labels for c in train_raw], seed
         )
+        seg.preprocessing.field_of_view = field_of_view(train_raw, dims, seg.spacing)
     train_cases = [prepare_case(c, seg.preprocessing, dims) for c in train_raw]
     val_cases = [prepare_case(c, seg.preprocessing, dims) for c in val_raw]
 
@@ -346,30 +385,16 @@ def iter_train(
         train_cases, seg.patch_size, dims, np.random.default_rng([seed, dist_info.rank])
     )
     gen = torch.Generator().manual_seed(seed * 1000 + dist_info.rank)
-    aug = Augmentation(mirror=not lateral_classes(names)) if augment else None
+    if augment is True:
+        aug = Augmentation(mirror=not lateral_classes(names))
+    else:  # False/None: none; else a callable (x, y, generator) -> (x, y)
+        aug = augment or None
     result = TrainResult(seg, 0)
     start = 0
     state_path = out_dir / STATE_FILE
-    if resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state["class_names"] != names or state["spatial_dims"] != dims:
-            raise CheckpointError(
-                f"{state_path} belongs to another run "
-                f"({state['spatial_dims']}D, classes {state['class_names']})"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        seg.preprocessing = Preprocessing.from_dict(state["preprocessing"])
-        start = int(state["step"])
-        sampler.rng.bit_generator.state = state["numpy_rng"][
-            dist_info.rank % len(state["numpy_rng"])
-        ]
-        gen.set_state(state["torch_rng"])
-        result.losses, result.val_dice = (
-            list(state["losses"]),
-            [tuple(v) for v in state["val_dice"]],
-        )
-        result.best_dice = float(state["best_dice"])
+    if state is not None:
+        start = restore_train_state(state, state_path, names, dims, seg, opt, sampler, gen,
+                                    result, dist_info.rank)
     base_version = seg.version
     if dev.type == "cuda":  # fused kernels + recomputation of the RVM layers' activations
         from napari_lightm.model.cuda_fast import enable_fast_path
@@ -407,22 +432,11 @@ def iter_train(
             }
         )
         result.last_path = seg.save(out_dir / "last.safetensors")
-        state = {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "step": step,
-            "class_names": names,
-            "spatial_dims": dims,
-            "preprocessing": seg.preprocessing.to_dict(),
-            "numpy_rng": [sampler.rng.bit_generator.state],
-            "torch_rng": gen.get_state(),
-            "losses": result.losses,
-            "val_dice": result.val_dice,
-            "best_dice": result.best_dice,
-        }
-        atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+        tensors, info = train_state(step, names, dims, seg, opt, sampler, gen, result)
+        save_train_state(state_path, tensors, info)
 
-    yield Progress(start, total, "train", message=f"{len(train_cases)} training cases")
+    resumed = f"resumed at step {start}; " if state is not None else ""
+    yield Progress(start, total, "train", message=f"{resumed}{len(train_cases)} training cases")
     step = start
     for step in range(start + 1, total + 1):
         check(cancel)
@@ -452,6 +466,153 @@ def iter_train(
     if dist_info.world > 1 and dist_info.started_here:
         torch.distributed.destroy_process_group()
     return result
+
+
+# --- training state (resume) ----------------------------------------------------------------
+
+
+def train_state(
+    step: int,
+    names: Sequence[str],
+    dims: int,
+    seg: Segmenter,
+    opt: torch.optim.Optimizer,
+    sampler: PatchSampler,
+    gen: torch.Generator,
+    result: TrainResult,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Everything ``resume`` needs, as ``(tensors, JSON-able info)`` for
+    :func:`~napari_lightm.engine.checkpoint.save_train_state`.
+
+    Tensors: ``model.<key>`` (weights), ``optimizer.<param index>.<name>`` (moments,
+    step counts), ``torch_rng`` (the augmentation generator), ``losses`` and
+    ``val_dice`` (float64, NaN kept). Info: step, class names, dims, preprocessing,
+    the sampler's numpy RNG state, the optimizer's parameter groups and non-tensor state.
+    """
+    opt_state = opt.state_dict()
+    tensors = {f"model.{k}": v for k, v in seg.model.state_dict().items()}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in opt_state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    tensors["torch_rng"] = gen.get_state()
+    tensors["losses"] = torch.tensor(result.losses, dtype=torch.float64)
+    tensors["val_dice"] = torch.tensor(result.val_dice, dtype=torch.float64).reshape(-1, 2)
+    tensors["best_dice"] = torch.tensor(result.best_dice, dtype=torch.float64)
+    info = {
+        "step": int(step),
+        "class_names": list(names),
+        "spatial_dims": int(dims),
+        "preprocessing": seg.preprocessing.to_dict(),
+        "numpy_rng": [sampler.rng.bit_generator.state],
+        "optimizer_param_groups": opt_state["param_groups"],
+        "optimizer_scalars": scalars,
+    }
+    return tensors, info
+
+
+def _resume_state(out_dir: Path) -> tuple[dict, dict] | None:
+    """The training state to resume from ``out_dir``, or None to start a new run there."""
+    path = out_dir / STATE_FILE
+    if path.is_file():
+        return load_train_state(path)
+    old = out_dir / OLD_STATE_FILE
+    if old.is_file():
+        raise CheckpointError(
+            f"{old} is a training state of an earlier napari-lightm (pickle format), which is "
+            "never loaded because unpickling can run code; start a new run in another folder"
+        )
+    others = [n for n in RUN_FILES if (out_dir / n).is_file()]
+    if others:
+        raise CheckpointError(
+            f"{out_dir} holds {', '.join(others)} but no {STATE_FILE} to resume from; "
+            "start a new run in another folder"
+        )
+    return None
+
+
+def restore_train_state(
+    state: tuple[dict[str, torch.Tensor], dict[str, Any]],
+    path: Path,
+    names: Sequence[str],
+    dims: int,
+    seg: Segmenter,
+    opt: torch.optim.Optimizer,
+    sampler: PatchSampler,
+    gen: torch.Generator,
+    result: TrainResult,
+    rank: int = 0,
+) -> int:
+    """Put a state from :func:`train_state` back (model, optimizer, RNGs, losses);
+    returns its step. Raises :class:`CheckpointError` naming ``path`` when the state
+    belongs to another run or is malformed."""
+    tensors, info = state
+    if info.get("class_names") != list(names) or info.get("spatial_dims") != dims:
+        raise CheckpointError(
+            f"{path} belongs to another run ({short_repr(info.get('spatial_dims'))}D, "
+            f"classes {short_repr(info.get('class_names'))})"
+        )
+    try:
+        step = info["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step {short_repr(step)} is not a count")
+        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        check_finite(model_state, path)
+        seg.model.load_state_dict(model_state, strict=True)
+        opt.load_state_dict(_optimizer_state(tensors, info, opt))
+        seg.preprocessing = Preprocessing.from_dict(info["preprocessing"])
+        rngs = info["numpy_rng"]
+        sampler.rng.bit_generator.state = rngs[rank % len(rngs)]
+        gen.set_state(tensors["torch_rng"])
+        losses, val = tensors["losses"], tensors["val_dice"]
+        if losses.ndim != 1 or val.ndim != 2 or val.shape[1] != 2:
+            raise ValueError("losses / val_dice have the wrong shape")
+        result.losses = [float(v) for v in losses.tolist()]
+        result.val_dice = [(int(s), float(d)) for s, d in val.tolist()]
+        result.best_dice = float(tensors["best_dice"])
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"unusable training state {path}: {reason}") from err
+    return step
+
+
+def _optimizer_state(
+    tensors: dict[str, torch.Tensor], info: dict[str, Any], opt: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """An optimizer ``state_dict`` rebuilt from the flat tensors and JSON info (JSON lists
+    back to tuples where the optimizer uses tuples, e.g. ``betas``)."""
+    groups = info["optimizer_param_groups"]
+    current = opt.state_dict()["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(current):
+        raise ValueError("the optimizer's parameter groups differ")
+    groups = [
+        {k: tuple(v) if isinstance(cur.get(k), tuple) else v for k, v in g.items()}
+        for g, cur in zip(groups, current)
+    ]
+    params = {int(p) for g in groups for p in g["params"]}
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            index, name = key[len("optimizer."):].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    for index, entry in info.get("optimizer_scalars", {}).items():
+        state.setdefault(int(index), {}).update(entry)
+    if not set(state) <= params:
+        raise ValueError("the optimizer state names parameters the model does not have")
+    flat = [p for g in opt.param_groups for p in g["params"]]
+    for index, entry in state.items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape != flat[index].shape:
+                raise ValueError(
+                    f"optimizer {name} of parameter {index} has shape {tuple(value.shape)}, "
+                    f"the parameter {tuple(flat[index].shape)}"
+                )
+    return {"state": state, "param_groups": groups}
 
 
 def train(

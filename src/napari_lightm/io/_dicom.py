@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_lightm.io.geometry import Geometry
+from napari_lightm.io.geometry import ORTHONORMAL_ATOL, Geometry, GeometryError
 from napari_lightm.io.readers import ImageReadError, fold_rgb, is_dicom_file, itk_reason
 
 # folders are scanned with a bound so that napari's get_reader stays quick on big trees
@@ -54,14 +54,24 @@ def _pixels(ds: Any, path: Path) -> tuple[np.ndarray, bool]:
     """Decoded pixels and whether the modality rescale is already applied.
 
     pydicom decodes uncompressed (and what its installed plugins know); other compressed
-    transfer syntaxes go through SimpleITK/GDCM, which applies the rescale itself.
+    transfer syntaxes go through SimpleITK/GDCM, which applies the rescale itself. An
+    unknown transfer syntax UID is refused by name.
     """
     try:
         return ds.pixel_array, False
     except Exception as err:  # pydicom raises several types for undecodable data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        if syntax is None or not syntax.is_compressed:
-            raise ImageReadError(f"{path}: cannot decode DICOM pixel data ({err})") from None
+        try:
+            compressed = syntax is not None and syntax.is_compressed
+        except (ValueError, AttributeError):  # a UID that is no transfer syntax
+            raise ImageReadError(
+                f"{path}: unknown DICOM transfer syntax {str(syntax)[:64]!r}; cannot decode "
+                "its pixel data"
+            ) from None
+        if not compressed:
+            raise ImageReadError(
+                f"{path}: cannot decode DICOM pixel data ({_one_line(err)})"
+            ) from None
     import SimpleITK as sitk
 
     try:
@@ -74,6 +84,12 @@ def _pixels(ds: Any, path: Path) -> tuple[np.ndarray, bool]:
     if array.ndim == 3 and array.shape[0] == 1 and image.GetNumberOfComponentsPerPixel() == 1:
         array = array[0]
     return array, True
+
+
+def _one_line(err: Exception) -> str:
+    """An exception's message on one line (pydicom's can span several)."""
+    text = " ".join(str(err).split())
+    return text[:300] or type(err).__name__
 
 
 def _group_value(ds: Any, sequence: str, keyword: str, frame: int = 0) -> Any:
@@ -91,9 +107,16 @@ def _group_value(ds: Any, sequence: str, keyword: str, frame: int = 0) -> Any:
     return ds.get(keyword)
 
 
-def _rescale(array: np.ndarray, ds: Any) -> np.ndarray:
+# largest |RescaleSlope| / |RescaleIntercept| taken: no scanner writes more, and beyond
+# it stored values (up to 2**32) times the slope overflow float32
+RESCALE_LIMIT = 1e25
+INT32 = np.iinfo(np.int32)
+
+
+def _rescale(array: np.ndarray, ds: Any, path: Path) -> np.ndarray:
     """Modality LUT (RescaleSlope / RescaleIntercept, per frame in enhanced files; RT dose
-    grid scaling): stored values to real units (HU for CT, Gy for dose)."""
+    grid scaling): stored values to real units (HU for CT, Gy for dose). A non-finite or
+    absurd slope or intercept is refused (it would turn the image into NaN or garbage)."""
     frames = array.shape[0] if array.ndim == 3 else 1
     group = "PixelValueTransformationSequence"
     slopes = [float(_group_value(ds, group, "RescaleSlope", k) or 1) for k in range(frames)]
@@ -101,14 +124,24 @@ def _rescale(array: np.ndarray, ds: Any) -> np.ndarray:
     scale = float(ds.get("DoseGridScaling", 1) or 1)
     slope = np.asarray(slopes) * scale
     intercept = np.asarray(intercepts)
+    if not (np.all(np.abs(slope) < RESCALE_LIMIT) and np.all(np.abs(intercept) < RESCALE_LIMIT)):
+        raise ImageReadError(
+            f"{path}: implausible DICOM rescale (slope {slopes[0]:g} x {scale:g}, "
+            f"intercept {intercepts[0]:g})"
+        )
     if np.all(slope == 1) and np.all(intercept == 0):
         return array
+    whole = array.dtype.kind in "iu" and array.size > 0
+    whole = whole and np.all(slope == np.round(slope)) and np.all(intercept == np.round(intercept))
+    if whole:
+        lo, hi = int(array.min()), int(array.max())
+        ends = [int(s) * v + int(i) for s, i in zip(slope, intercept) for v in (lo, hi)]
+        whole = all(INT32.min <= e <= INT32.max for e in ends)
     if array.ndim == 3:
         slope, intercept = slope[:, None, None], intercept[:, None, None]
     else:
         slope, intercept = slope[0], intercept[0]
-    whole = array.dtype.kind in "iu" and np.all(slope == np.round(slope))
-    if whole and np.all(intercept == np.round(intercept)):
+    if whole:
         # integer CT rescale (slope 1, intercept -1024): exact in integers, no float pass
         return _compact(
             array.astype(np.int32) * slope.astype(np.int32) + intercept.astype(np.int32)
@@ -145,7 +178,7 @@ def _decoded(ds: Any, path: Path) -> tuple[np.ndarray, float | None]:
     if int(ds.get("SamplesPerPixel", 1)) > 1:
         array = fold_rgb(array, path)
     if not rescaled:
-        array = _rescale(array, ds)
+        array = _rescale(array, ds, path)
     return _invert_monochrome1(array, ds)
 
 
@@ -163,17 +196,24 @@ def _in_plane_spacing(ds: Any) -> tuple[tuple[float, float] | None, str]:
 
 
 def _orientation(ds: Any) -> np.ndarray | None:
-    """``[3, 3]`` direction with columns row-cosine, column-cosine, slice normal."""
+    """``[3, 3]`` direction with columns row-cosine, column-cosine, slice normal; None
+    when the header's orientation is missing or not two perpendicular unit vectors."""
     iop = _group_value(ds, "PlaneOrientationSequence", "ImageOrientationPatient")
     if iop is None or len(iop) != 6:
         return None
-    row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+    try:
+        row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+    except (TypeError, ValueError):
+        return None
     if not (
         np.isclose(np.linalg.norm(row), 1, atol=1e-3)
         and np.isclose(np.linalg.norm(col), 1, atol=1e-3)
+        and abs(float(row @ col)) < ORTHONORMAL_ATOL  # NaN fails every test
     ):
         return None
-    return np.stack([row, col, np.cross(row, col)], axis=1)
+    row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)  # decimal rounding
+    normal = np.cross(row, col)
+    return np.stack([row, col, normal / np.linalg.norm(normal)], axis=1)
 
 
 def _first(value: Any) -> Any:
@@ -228,7 +268,34 @@ def _dcmread(path: Path, **kw: Any) -> Any:
     raise ImageReadError(f"{path}: not a DICOM file (no DICOM header)")
 
 
+# what pydicom and the conversions here raise for header values that are not what their
+# VR promises (damaged files): reported as a corrupt header, never passed on raw
+HEADER_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError)
+
+
+def _corrupt_header(where: Path, err: Exception) -> ImageReadError:
+    return ImageReadError(f"{where}: corrupt DICOM header ({type(err).__name__}: {_one_line(err)})")
+
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def is_segmentation(ds: Any) -> bool:
+    """True for a DICOM Segmentation object (labels, not an image)."""
+    return str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE or ds.get("Modality") == "SEG"
+
+
 def read_dicom_file(path: Path) -> tuple[np.ndarray, Geometry]:
+    """:func:`_read_dicom_file`, with any damaged header value refused as such."""
+    try:
+        return _read_dicom_file(path)
+    except (ImageReadError, GeometryError):
+        raise
+    except HEADER_ERRORS as err:
+        raise _corrupt_header(path, err) from None
+
+
+def _read_dicom_file(path: Path) -> tuple[np.ndarray, Geometry]:
     """One DICOM file: ``[rows, cols]`` for a slice or X-ray, ``[frames, rows, cols]`` for
     multi-frame; MONOCHROME1 inverted, rescale applied.
 
@@ -237,6 +304,11 @@ def read_dicom_file(path: Path) -> tuple[np.ndarray, Geometry]:
     axial slices. The full 3D position is kept in ``extra`` for any slice.
     """
     ds = _dcmread(path)
+    if is_segmentation(ds):
+        raise ImageReadError(
+            f"{path}: a DICOM-SEG holds labels, not an image; open it in napari with its "
+            "series, or read it with napari_lightm.io.read_dicom_seg"
+        )
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         sop = ds.get("SOPClassUID")
         raise ImageReadError(
@@ -364,6 +436,16 @@ def _series_label(uid: str, headers: list[Any]) -> str:
 
 
 def read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
+    """:func:`_read_dicom_series`, with any damaged header value refused as such."""
+    try:
+        return _read_dicom_series(folder)
+    except (ImageReadError, GeometryError):
+        raise
+    except HEADER_ERRORS as err:
+        raise _corrupt_header(folder, err) from None
+
+
+def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
     """The largest DICOM series under ``folder`` as ``[z, y, x]``, slices sorted along
     the slice normal. Several series: the largest is read and a warning names the
     others; a tie is refused. Mixed sizes/orientations or duplicate slice positions
@@ -380,7 +462,7 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
         except ImageReadError:
             unreadable += 1
             continue
-        if "Rows" not in ds:  # reports, RT plans, presentation states
+        if "Rows" not in ds or is_segmentation(ds):  # reports, RT plans, labels (SEG)
             continue
         series[str(ds.get("SeriesInstanceUID", "no series UID"))].append((path, ds))
     if not series:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,12 +38,30 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def temp_path(path: str | os.PathLike) -> Path:
-    """A new, empty temporary file beside ``path`` (hidden, ``.tmp`` suffix)."""
+def temp_path(path: str | os.PathLike, suffix: str = "") -> Path:
+    """A new, empty temporary file beside ``path``: hidden, named ``.NAME.XXXX.tmp`` plus
+    ``suffix`` (for libraries that pick the file format from the name).
+
+    Created like any new file (mode 0o666 less the umask), not private as
+    :func:`tempfile.mkstemp` would make it, since it becomes the target.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}{suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{path.parent}: no free temporary file name for {path.name}")
+
+
+def keep_mode(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give ``tmp`` the permission bits of the file it replaces (when there is one and
+    the file system keeps permissions)."""
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
 
 
 def atomic_write(
@@ -50,6 +69,7 @@ def atomic_write(
     write: Callable[[str], None],
     *,
     verify: Callable[[str], None] | None = None,
+    suffix: str = "",
 ) -> Path:
     """Create or replace ``path`` atomically with what ``write(tmp_path)`` writes.
 
@@ -58,6 +78,8 @@ def atomic_write(
         write: writes the whole content to the temporary path it is given.
         verify: optional check of the written temporary file (read it back); raise to
             refuse it. Libraries that report no error on a full disk are caught here.
+        suffix: ending of the temporary file's name (``".nii.gz"``), for writers that
+            choose the format from it.
 
     Returns:
         ``path``.
@@ -68,11 +90,12 @@ def atomic_write(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
+    tmp = temp_path(path, suffix)
     try:
         write(str(tmp))
         if verify is not None:
             verify(str(tmp))
+        keep_mode(tmp, path)
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -103,4 +126,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_path", "temp_path"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_path",
+    "keep_mode",
+    "temp_path",
+]

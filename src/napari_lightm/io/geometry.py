@@ -17,6 +17,14 @@ from typing import Any
 
 import numpy as np
 
+# largest |D^T D - I| accepted for a direction matrix: far above the rounding of headers
+# (NIfTI's float32 quaternion, DICOM's decimal strings), far below any real shear
+ORTHONORMAL_ATOL = 1e-3
+
+
+class GeometryError(ValueError):
+    """A grid that cannot place an image in space (NaN, zero spacing, sheared axes, ...)."""
+
 
 @dataclass
 class Geometry:
@@ -46,19 +54,62 @@ class Geometry:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        n = len(self.spacing)
-        self.spacing = tuple(float(s) for s in self.spacing)
-        self.origin = tuple(float(o) for o in (self.origin or (0.0,) * n))
-        if self.direction is None:
-            self.direction = tuple(np.eye(n).ravel().tolist())
-        self.direction = tuple(float(d) for d in np.asarray(self.direction).ravel())
-        if len(self.origin) != n or len(self.direction) != n * n:
-            raise ValueError(
-                f"inconsistent geometry: spacing {self.spacing}, origin {self.origin}, "
-                f"direction of {len(self.direction)} values"
+        self.validate()
+
+    def validate(self) -> None:
+        """Normalise the fields to float tuples and refuse a grid no medical file can have.
+
+        Refused (:class:`GeometryError`): spacing that is not positive and finite, a
+        non-finite origin or direction, a direction that is not orthonormal (shear or
+        scaling in it; tolerance :data:`ORTHONORMAL_ATOL`), mismatched lengths, and
+        non-numeric values (tampered metadata). Called on construction; the writer
+        calls it again because the fields of a dataclass can be reassigned.
+        """
+        if any(isinstance(v, str | bytes) for v in (self.spacing, self.origin, self.direction)):
+            raise GeometryError("geometry values are not numbers (text instead of a list)")
+        try:
+            spacing = tuple(float(s) for s in self.spacing)
+            n = len(spacing)
+            origin = tuple(
+                float(o) for o in (self.origin if self.origin is not None else (0.0,) * n)
             )
-        if any(s <= 0 or not np.isfinite(s) for s in self.spacing):
-            raise ValueError(f"spacing must be positive and finite, got {self.spacing}")
+            direction = (
+                np.eye(n).ravel()
+                if self.direction is None
+                else np.asarray(self.direction, dtype=float).ravel()
+            )
+        except (TypeError, ValueError) as err:
+            raise GeometryError(f"geometry values are not numbers ({err})") from None
+        if n == 0:
+            raise GeometryError("geometry without spacing (0 dimensions)")
+        if len(origin) != n or direction.size != n * n:
+            raise GeometryError(
+                f"inconsistent geometry: spacing {spacing}, origin {origin}, "
+                f"direction of {direction.size} values"
+            )
+        if not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise GeometryError(f"spacing must be positive and finite, got {spacing}")
+        if not np.all(np.isfinite(origin)):
+            raise GeometryError(f"origin must be finite, got {origin}")
+        if not np.all(np.isfinite(direction)):
+            raise GeometryError(f"direction must be finite, got {tuple(direction.tolist())}")
+        matrix = direction.reshape(n, n)
+        if not np.allclose(matrix.T @ matrix, np.eye(n), rtol=0, atol=ORTHONORMAL_ATOL):
+            raise GeometryError(
+                "direction is not a rotation or flip (sheared or scaled axes): "
+                f"{tuple(round(v, 6) for v in direction.tolist())}"
+            )
+        for name in ("modality", "units", "intensity_unit"):
+            if not isinstance(getattr(self, name), str):
+                raise GeometryError(f"geometry {name} must be text, got {getattr(self, name)!r}")
+        if self.source is not None and not isinstance(self.source, str):
+            self.source = str(self.source)
+        if not isinstance(self.extra, dict):
+            raise GeometryError(
+                f"geometry extra must be a mapping, got {type(self.extra).__name__}"
+            )
+        self.spacing, self.origin = spacing, origin
+        self.direction = tuple(direction.tolist())
 
     # --- array-order views (napari) -------------------------------------------------
     @property
@@ -122,6 +173,12 @@ class Geometry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Geometry:
+        """Inverse of :meth:`to_dict`; metadata that is not a valid geometry (tampered,
+        truncated, NaN, sheared) raises :class:`GeometryError`."""
+        if not isinstance(d, dict):
+            raise GeometryError(f"geometry metadata must be a mapping, got {type(d).__name__}")
+        if d.get("spacing") is None:
+            raise GeometryError("geometry metadata without spacing")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     @classmethod
@@ -240,4 +297,4 @@ def resample(
     return out
 
 
-__all__ = ["Geometry", "resample"]
+__all__ = ["ORTHONORMAL_ATOL", "Geometry", "GeometryError", "resample"]

@@ -1,6 +1,6 @@
 """Generated sample images with ground truth: a chest X-ray and an abdominal CT phantom.
 
-Deterministic for a seed, offline, fast (well under a second each at the default
+Deterministic for a seed, offline, fast (about a second each at the default
 size). Anatomy is drawn in coordinates normalised to the array, so small shapes (for
 tests) hold the same structures; the seed moves and resizes organs a little so that
 several seeds make a small training set. Orientation follows radiological display:
@@ -53,10 +53,20 @@ def _wobble(rng: np.random.Generator, grid: list[np.ndarray], waves: int = 4) ->
 
 
 def xray_phantom(seed: int = 0, size: int = 512) -> tuple[np.ndarray, np.ndarray, Geometry]:
-    """A frontal (PA) chest X-ray phantom.
+    """A frontal (PA) chest X-ray phantom that looks like a film.
+
+    The image is made like a radiograph: an attenuation sum along each ray (soft tissue
+    thickest mid-chest and falling off to the sides, air in the lung fields, mediastinum,
+    heart, bones) exposed into brightness (``1 - exp(-attenuation)``: bone and soft tissue
+    bright, air dark). It shows the neck and shoulders with dark air beside them, the
+    humeral heads and clavicles, curved posterior and fainter anterior ribs, the spine
+    through the mediastinum, the aortic knob, the heart silhouette over the left lung's
+    medial border, domed hemidiaphragms (the right one higher) over a bright abdomen, and
+    vessels fanning out of each hilum. Proportions follow adult PA films at a 360 mm
+    field of view, so models trained on real films (the shipped ``cxr-lungs``) segment it.
 
     Args:
-        seed: varies lung size, heart position and rib phase a little.
+        seed: varies lung and dome heights, heart size and position, rib phase, vessels.
         size: image side in pixels (the field of view stays 360 mm).
 
     Returns:
@@ -68,38 +78,86 @@ def xray_phantom(seed: int = 0, size: int = 512) -> tuple[np.ndarray, np.ndarray
     if size < 32:
         raise ValueError(f"xray_phantom needs size >= 32, got {size}")
     rng = np.random.default_rng(seed)
-    y, x = _grid((size, size))
-    jitter = rng.uniform(-1, 1, size=6).astype(np.float32)
+    y, x = (np.broadcast_to(a, (size, size)) for a in _grid((size, size)))
+    j = rng.uniform(-1, 1, size=8).astype(np.float32)
+    ax = np.abs(x)
 
-    thorax = ((x / 0.82) ** 2 + ((y - 0.05) / 1.05) ** 2) < 1
-    # lungs: rounded shapes with a domed diaphragm (lower edge), right one larger
-    lung_h = 0.62 + 0.04 * jitter[0]
-    wobble = 0.04 * _wobble(rng, [y, x])
-    right = (((x + 0.36) / 0.27) ** 2 + ((y + 0.02) / lung_h) ** 4 + wobble < 1) & (
-        y < 0.50 - 0.35 * (x + 0.36) ** 2 / 0.07
-    )
-    left = (((x - 0.37) / 0.25) ** 2 + ((y + 0.05) / (lung_h - 0.03)) ** 4 + wobble < 1) & (
-        y < 0.45 - 0.35 * (x - 0.37) ** 2 / 0.06
-    )
-    heart_cx, heart_cy = 0.12 + 0.03 * jitter[1], 0.28 + 0.03 * jitter[2]
-    heart = (((x - heart_cx) / 0.31) ** 2 + ((y - heart_cy) / 0.24) ** 2) < 1
-    spine = (np.abs(x) < 0.07) & thorax
+    # body: neck widening into the shoulders, then the chest wall; air beside it
+    half_width = np.where(
+        y < -0.78,
+        0.30 + 0.62 * np.clip((y + 1.0) / 0.22, 0, 1) ** 2,
+        0.92 + 0.03 * j[0] - 0.04 * np.clip(y - 0.2, 0, None),
+    ).astype(np.float32)
+    body_r = ax / half_width
+    body = body_r < 1
+    depth = np.sqrt(np.clip(1 - body_r**2, 0, 1))  # soft-tissue thickness across the chest
 
-    image = np.where(thorax, 0.62, 0.08).astype(np.float32)
-    image = np.where(spine, 0.78, image)
-    image = np.where(right | left, 0.30, image)
-    image = np.where(heart, 0.74, image)
-    image += _ribs(x, y, rng, jitter[3]) * (thorax & ~spine)
-    image += _clavicles(x, y)
-    image = ndimage.gaussian_filter(image, size / 400)
-    image += 0.04 * _smooth_noise(rng, (size, size), size / 80) * thorax  # tissue mottle
-    image += 0.02 * rng.standard_normal((size, size)).astype(np.float32)  # quantum noise
+    # lung fields (signed functions, < 0 inside): apex under the clavicle, wide base,
+    # hemidiaphragm domes (the right one higher), the left one cut by the aortic knob
+    wobble = 0.025 * _wobble(rng, [y, x])
+    top = -0.86 + 0.03 * j[1]
+    grow = np.clip((y - top) / 0.95, 0, 1) ** 0.45
+    knob = ((x - 0.17) / 0.08) ** 2 + ((y + 0.28) / 0.07) ** 2 - 1
+    fields = []
+    for sign in (-1, 1):  # patient's right (image left), then left
+        s = sign * x  # distance from the midline towards this side
+        lateral = 0.20 + 0.57 * grow
+        medial = 0.10 + 0.13 * np.clip((y - top) / 1.3, 0, 1)
+        apex = top + 2.0 * (s - 0.30) ** 2
+        if sign < 0:
+            dome = (
+                0.37
+                + 0.03 * j[3]
+                + 1.3 * np.clip(s - 0.40, 0, None) ** 2
+                + 1.5 * np.clip(0.40 - s, 0, None) ** 2
+            )
+        else:
+            dome = (
+                0.44
+                + 0.03 * j[4]
+                + 1.3 * np.clip(s - 0.36, 0, None) ** 2
+                + 0.3 * np.clip(0.36 - s - 0.05, 0, None) ** 2
+            )
+        f = _soft_max([s - lateral, medial - s, apex - y, y - dome], 0.02) + wobble
+        if sign > 0:
+            f = np.maximum(f, -0.05 * knob)
+        fields.append(f)
+    right_f, left_f = fields
+
+    # heart: the cardiac silhouette, narrow under the mediastinum, widest low down,
+    # standing on the diaphragm, its apex towards the patient's left
+    htop, hbot = -0.10 + 0.03 * j[6], 0.56 + 0.03 * j[6]
+    t = (y - htop) / (hbot - htop)
+    centre = 0.07 + 0.15 * np.clip(t, 0, 1) ** 1.5 + 0.02 * j[5]
+    taper = np.where(t < 0.6, (t - 0.6) / 0.62, (t - 0.6) / 0.42)
+    half = 0.335 * (1 + 0.06 * j[5]) * np.sqrt(np.clip(1 - taper**2, 0, 1))
+    heart_f = np.maximum(np.abs(x - centre) - half, np.maximum(htop - y, y - hbot)) / 0.1
+    heart = heart_f < 0
+
+    # attenuation along each ray
+    att = 1.6 * depth * body
+    heart_soft = _soft(heart_f, 0.05)
+    lung_air = _soft(right_f, 0.03) + _soft(left_f, 0.03)
+    att -= 0.9 * lung_air * (1 - 0.9 * heart_soft) * (0.6 + 0.4 * depth)
+    mediastinum = np.clip(1 - ax / (0.13 + 0.05 * np.clip(-y, 0, None)), 0, 1) ** 0.5 * body
+    att += 0.35 * mediastinum * (y > -0.95)
+    att += 0.10 * heart_soft * (y < 0.52)  # below, the heart's edge merges with the dome
+    att += 0.08 * _soft(knob, 0.3)
+    att += _xray_bones(x, y, j, half_width) * body
+    att += 0.12 * _hilar_vessels(x, y, rng) * lung_air
+    att += 0.05 * _smooth_noise(rng, (size, size), size / 80) * body  # tissue mottle
+    att = ndimage.gaussian_filter(att.astype(np.float32), size / 500)
+
+    # exposure: brightness saturates towards bone, as on a film
+    image = 1 - np.exp(-np.clip(att, 0, None))
+    image = image / max(float(np.percentile(image, 99.9)), 1e-6)
+    image += 0.015 * rng.standard_normal((size, size)).astype(np.float32)  # quantum noise
     image = np.clip(image, 0, 1).astype(np.float32)
 
     labels = np.zeros((size, size), np.uint8)
-    labels[right & ~heart] = 1
-    labels[left & ~heart] = 2
-    labels[heart & thorax] = 3
+    labels[(right_f < 0) & ~heart] = 1
+    labels[(left_f < 0) & ~heart] = 2
+    labels[heart] = 3
     spacing = 360.0 / size
     geometry = Geometry(
         (spacing, spacing), modality="XR", extra={"phantom": "xray", "seed": int(seed)}
@@ -107,21 +165,67 @@ def xray_phantom(seed: int = 0, size: int = 512) -> tuple[np.ndarray, np.ndarray
     return image, labels, geometry
 
 
-def _ribs(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, phase: float) -> np.ndarray:
-    """Posterior rib arcs, ten per side, as a brightness increment."""
-    out = np.zeros(np.broadcast_shapes(x.shape, y.shape), np.float32)
-    side = np.abs(x)
+def _soft(f: np.ndarray, edge: float) -> np.ndarray:
+    """Membership in ``f < 0`` from 0 to 1, ramping over ``edge`` (in units of ``f``)."""
+    return np.clip(0.5 - f / edge, 0, 1)
+
+
+def _soft_max(parts: list[np.ndarray], k: float) -> np.ndarray:
+    """The maximum of ``parts`` with its corners rounded over about ``k``."""
+    m = np.max(parts, axis=0)
+    return m + k * np.log(np.exp((np.stack(parts) - m) / k).sum(0))
+
+
+def _band(dist: np.ndarray, half_width: float) -> np.ndarray:
+    """A bone seen edge-on across ``dist = 0``: denser cortex at both edges."""
+    t = np.abs(dist) / half_width
+    return np.where(t < 1, 0.75 + 0.25 * t**4, 0).astype(np.float32)
+
+
+def _xray_bones(
+    x: np.ndarray, y: np.ndarray, j: np.ndarray, half_width: np.ndarray
+) -> np.ndarray:
+    """Attenuation of the spine, ribs, clavicles, humeral heads and scapular edges."""
+    ax = np.abs(x)
+    bone = np.zeros(x.shape, np.float32)
+    # vertebral bodies with disc spaces, faint behind the mediastinum
+    vert = (ax < 0.075) * (0.6 + 0.4 * (np.cos(np.pi * (y - 0.02 * j[7]) / 0.055) ** 2 > 0.25))
+    bone += 0.12 * vert
+    sx = np.clip(ax - 0.08, 0, None)
     for k in range(10):
-        top = -0.62 + 0.115 * k + 0.02 * phase
-        centre = top + 0.55 * (side - 0.08) ** 2 - 0.05 * side  # arcs bend down laterally
-        width = 0.022 + 0.002 * k
-        out += 0.16 * np.exp(-(((y - centre) / width) ** 2)) * (side > 0.08) * (side < 0.8)
+        # posterior ribs: from the spine slightly up, then curving down along the side
+        y0 = -0.80 + 0.13 * k + 0.015 * j[0]
+        d = y - (y0 - 0.25 * sx + 0.75 * sx**2)
+        bone += 0.16 * _band(d, 0.028 + 0.002 * k) * (ax > 0.08) * (ax < half_width - 0.1)
+        # anterior ribs, fainter: from the side down towards the sternum
+        ya = -0.55 + 0.13 * k
+        d = y - (ya + 0.28 * (0.85 - ax))
+        bone += 0.08 * _band(d, 0.03) * (ax > 0.28) * (ax < 0.85) * (ya < 0.4)
+    # clavicles: a slight S from the sternum out to the shoulders
+    d = y - (-0.70 - 0.14 * (ax - 0.1) + 0.08 * np.sin(np.pi * ax / 0.6) * (ax < 0.6))
+    bone += 0.3 * _band(d, 0.035) * (ax > 0.06) * (ax < 0.82)
+    bone += 0.3 * (((ax - 0.95) / 0.14) ** 2 + ((y + 0.64) / 0.16) ** 2 < 1)  # humeral heads
+    bone += 0.1 * _band(ax - (0.80 - 0.18 * (y + 0.7)), 0.02) * (y > -0.7) * (y < 0.0)
+    return bone
+
+
+def _hilar_vessels(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Vessels tapering out of each hilum, and the hilar shadows themselves."""
+    out = np.zeros(x.shape, np.float32)
+    for sign in (-1, 1):
+        hx, hy = sign * 0.22, -0.08
+        for angle in rng.uniform(0.1 * np.pi, 0.95 * np.pi, 24):
+            dx, dy = sign * np.sin(angle), -np.cos(angle)
+            length = rng.uniform(0.3, 0.6)
+            t = np.clip((x - hx) * dx + (y - hy) * dy, 0, length)
+            dist = np.hypot(x - hx - t * dx, y - hy - t * dy)
+            out += (
+                np.exp(-((dist / (0.010 * (1.2 - t / length))) ** 2))
+                * (1 - t / length)
+                * np.clip((t - 0.04) / 0.1, 0, 1)
+            )
+        out += 1.2 * np.exp(-((x - hx) ** 2 + (y - hy) ** 2) / 0.06**2)
     return out
-
-
-def _clavicles(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    centre = -0.72 + 0.12 * np.abs(x)
-    return (0.14 * np.exp(-(((y - centre) / 0.03) ** 2)) * (np.abs(x) < 0.6)).astype(np.float32)
 
 
 # --- abdominal CT -------------------------------------------------------------------------

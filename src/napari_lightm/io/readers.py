@@ -22,22 +22,29 @@ file and the problem. Softer problems (several series in a folder, uneven slice
 spacing, NaN voxels, RGB folded to grey) are read anyway and listed in
 ``geometry.extra["warnings"]`` (and logged).
 
-NaN/inf voxels: NaN becomes the lowest finite value of the image (air / background),
-+inf / -inf the highest / lowest finite value, so the model and the display see a
-finite image; the number of replaced voxels is in the warning. An image with no
-finite voxel is refused.
+NaN/inf voxels, in every format: NaN becomes the lowest finite value of the image (air
+/ background), +inf / -inf the highest / lowest finite value, so the model and the
+display see a finite image; the number of replaced voxels is in the warning. An image
+with no finite voxel is refused. (ITK's NIfTI library turns non-finite floats into 0
+while reading, so NIfTI voxels that read as 0 are checked against the file's own bytes.)
+
+Geometry: a header with NaN or non-positive spacing, a NaN origin or a direction that is
+not a rotation/flip is refused (:class:`~napari_lightm.io.geometry.GeometryError`
+turned into :class:`ImageReadError`). So are complex-valued voxels and images larger
+than this machine's memory.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_lightm.io.geometry import Geometry
+from napari_lightm.io.geometry import Geometry, GeometryError
 
 
 class ImageReadError(ValueError):
@@ -103,11 +110,22 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
 
     Raises:
         ImageReadError: missing, empty, truncated or corrupt input, 4D / multi-channel
-            volumes, ambiguous DICOM folders.
+            / complex-valued volumes, no finite voxel, an invalid header geometry (NaN,
+            zero spacing, sheared axes), ambiguous DICOM folders.
     """
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"{p}: no such file or folder")
+    try:
+        array, geometry = _read_any(p)
+    except GeometryError as err:
+        raise ImageReadError(f"{p}: invalid geometry in the header: {err}") from None
+    geometry.source = str(p)
+    return finite_image(array, geometry, p), geometry
+
+
+def _read_any(p: Path) -> tuple[np.ndarray, Geometry]:
+    """The reader for ``p`` (see the module docstring) and what it returns."""
     if p.is_dir():
         from napari_lightm.io._dicom import read_dicom_series
 
@@ -129,8 +147,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
                 f"{p}: unsupported file type {suffix or '(no suffix)'}; napari-lightm reads "
                 "NIfTI, NRRD, MetaImage, DICOM, PNG, JPEG, TIFF and NumPy .npy"
             )
-    geometry.source = str(p)
-    return finite_image(array, geometry, p), geometry
+    return array, geometry
 
 
 def _read_array(path: Path) -> tuple[np.ndarray, Geometry]:
@@ -141,8 +158,7 @@ def _read_array(path: Path) -> tuple[np.ndarray, Geometry]:
         raise ImageReadError(f"{path}: cannot read as a NumPy array ({err})") from None
     if array.ndim not in (2, 3) or array.dtype.kind not in "biuf":
         raise ImageReadError(
-            f"{path}: expected a 2D or 3D numeric array, got shape {array.shape} "
-            f"of {array.dtype}"
+            f"{path}: expected a 2D or 3D numeric array, got shape {array.shape} of {array.dtype}"
         )
     return array, Geometry.identity(array.ndim, units="pixel")
 
@@ -150,23 +166,67 @@ def _read_array(path: Path) -> tuple[np.ndarray, Geometry]:
 # --- SimpleITK formats ------------------------------------------------------------------
 
 
-def read_sitk(path: Path, what: str) -> Any:
-    """``SimpleITK.ReadImage`` with ITK's multi-line exception turned into one line."""
+def read_sitk(path: Path, what: str, *, grid: bool = True) -> Any:
+    """``SimpleITK.ReadImage`` with ITK's multi-line exception turned into one line.
+
+    The header is checked before any voxel is read: its size against memory and, with
+    ``grid`` (files that carry a physical grid), its spacing, origin and direction as a
+    :class:`Geometry` (ITK can hang reading a file with a degenerate direction).
+    """
     import SimpleITK as sitk
 
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        return sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        check_fits_in_memory(path, reader)
+        if grid:
+            Geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+        return reader.Execute()
     except RuntimeError as err:
         raise ImageReadError(f"{path}: cannot read as {what} ({itk_reason(err)})") from None
 
 
+def check_fits_in_memory(path: Path, reader: Any) -> None:
+    """Refuse a header whose voxels would not fit in this machine's memory (a corrupt or
+    hostile size field would otherwise make ITK allocate them before failing)."""
+    import SimpleITK as sitk
+
+    size = reader.GetSize()
+    one = sitk.Image([1] * len(size), reader.GetPixelID(), reader.GetNumberOfComponents())
+    needed = int(np.prod(size, dtype=object)) * one.GetSizeOfPixelComponent()
+    needed *= reader.GetNumberOfComponents()
+    memory = physical_memory()
+    if memory is not None and needed > memory:
+        raise ImageReadError(
+            f"{path}: the header announces {tuple(reversed(size))} voxels "
+            f"({needed / 2**30:.3g} GiB), more than this machine's memory "
+            f"({memory / 2**30:.3g} GiB)"
+        )
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM, or None where the platform does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+# ITK prefixes messages with the object that raised them: "NrrdImageIO(0x55f3f3c497f0): "
+_ITK_OBJECT = re.compile(r"\b\w+\(0x[0-9a-fA-F]+\):\s*")
+
+
 def itk_reason(err: Exception) -> str:
-    """The informative line of an ITK exception (they span several lines)."""
+    """The informative line of an ITK exception (they span several lines), without the
+    address of the ITK object that raised it."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    reason = lines[-1] if lines else type(err).__name__
     for ln in reversed(lines):
         if "ERROR:" in ln:
-            return ln.split("ERROR:", 1)[1].strip()
-    return lines[-1] if lines else type(err).__name__
+            reason = ln.split("ERROR:", 1)[1].strip()
+            break
+    return _ITK_OBJECT.sub("", reason).strip(" :") or type(err).__name__
 
 
 def _read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
@@ -175,11 +235,14 @@ def _read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
     what = {".nii": "NIfTI", ".nii.gz": "NIfTI", ".nrrd": "NRRD", ".nhdr": "NRRD"}.get(
         suffix, "MetaImage"
     )
-    if suffix in NIFTI_SUFFIXES:
-        check_nifti_complete(path)
+    meta = check_nifti_complete(path) if suffix in NIFTI_SUFFIXES else {}
+    if suffix in META_SUFFIXES:
+        check_metaimage_header(path)
     image = read_sitk(path, what)
     image = drop_singleton_4th_axis(image, path)
     array = to_grey(image, path)
+    if meta:
+        array = restore_nifti_nonfinite(path, array, meta)
     geometry = Geometry.from_sitk(image, extra={"format": what})
     if array.ndim == 3 and guess_ct(array):
         # NIfTI/NRRD/MHA carry no modality; signed data with air near -1000 is CT in HU
@@ -188,11 +251,61 @@ def _read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
     return array, geometry
 
 
-def check_nifti_complete(path: Path) -> None:
-    """Refuse truncated NIfTI files, which ITK would read silently with missing voxels.
+# ITK's MetaImage reader handles at most this many dimensions; larger NDims values crash it
+META_MAX_NDIMS = 5
+# MetaImage fields that place the grid; ITK reads "nan" in them as 0 without a word
+META_GRID_FIELDS = frozenset(
+    {"DimSize", "ElementSpacing", "ElementSize", "Offset", "Origin", "Position"}
+    | {"TransformMatrix", "Rotation", "Orientation"}
+)
 
-    Compares the bytes the header promises (``vox_offset`` + voxels x ``bitpix``) with
-    the file size, or with the uncompressed size recorded in a ``.nii.gz`` trailer.
+
+def check_metaimage_header(path: Path) -> None:
+    """Refuse a MetaImage header that ITK would crash on or misread: an ``NDims`` it
+    cannot take (its reader sizes fixed arrays from it and crashes the process on large
+    or negative values) and grid fields that are not finite numbers."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16).decode("latin-1")
+    except OSError as err:
+        raise ImageReadError(f"{path}: cannot read ({err.strerror})") from None
+    for line in head.splitlines():
+        key, _, value = line.partition("=")
+        key = key.strip()
+        if key == "ElementDataFile":
+            return
+        if key == "NDims":
+            try:
+                valid = 1 <= int(value.split()[0]) <= META_MAX_NDIMS
+            except (IndexError, ValueError):
+                valid = False
+        elif key in META_GRID_FIELDS:
+            try:
+                valid = all(np.isfinite(float(v)) for v in value.split())
+            except ValueError:
+                valid = False
+        else:
+            continue
+        if not valid:
+            raise ImageReadError(
+                f"{path}: corrupt MetaImage header ({key} = {value.strip()[:60]!r})"
+            )
+
+
+# NIfTI-1 datatype codes (nifti1.h) of the voxel types handled by hand here
+NIFTI_FLOATS = {16: "f4", 64: "f8"}
+NIFTI_COMPLEX = {32: "complex64", 1792: "complex128", 2048: "complex256"}
+NIFTI1_HEADER_SIZE = 348
+
+
+def check_nifti_complete(path: Path) -> dict[str, str]:
+    """Refuse truncated and complex-valued NIfTI files and voxel sizes that are not
+    positive; returns the header fields ITK read.
+
+    ITK would read a truncated file silently with missing voxels: the bytes the header
+    promises (``vox_offset`` + voxels x ``bitpix``) are compared with the file size, or
+    with the uncompressed size recorded in a ``.nii.gz`` trailer. It would also turn a
+    zero or NaN ``pixdim`` into 1 mm without a word, so ``pixdim`` is read from the file.
     """
     import SimpleITK as sitk
 
@@ -203,14 +316,21 @@ def check_nifti_complete(path: Path) -> None:
     except RuntimeError as err:
         raise ImageReadError(f"{path}: not a readable NIfTI file ({itk_reason(err)})") from None
     meta = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
+    datatype = _int_or_none(meta.get("datatype"))
+    if datatype in NIFTI_COMPLEX:
+        raise ImageReadError(
+            f"{path}: complex-valued NIfTI ({NIFTI_COMPLEX[datatype]} voxels); napari-lightm "
+            "reads real-valued images, so save the magnitude first"
+        )
     if meta.get("nifti_type") not in (None, "1", "3"):  # 2/4: .hdr/.img pairs
-        return
+        return meta
+    _check_nifti_pixdim(path)
     try:
         ndim = int(meta["dim[0]"])
-        n_voxels = int(np.prod([int(meta[f"dim[{i}]"]) for i in range(1, ndim + 1)]))
+        n_voxels = int(np.prod([int(meta[f"dim[{i}]"]) for i in range(1, ndim + 1)], dtype=object))
         expected = int(float(meta["vox_offset"])) + n_voxels * int(meta["bitpix"]) // 8
-    except (KeyError, ValueError):
-        return  # header fields ITK did not expose: let ITK decide
+    except (KeyError, ValueError, OverflowError):
+        return meta  # header fields ITK did not expose: let ITK decide
     if suffix_of(path) == ".nii.gz":
         actual = _gunzipped_size(path, expected)
     else:
@@ -219,6 +339,102 @@ def check_nifti_complete(path: Path) -> None:
         raise ImageReadError(
             f"{path}: truncated NIfTI file ({actual} of {expected} bytes the header announces)"
         )
+    return meta
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(float(text)) if text is not None else None
+    except (ValueError, OverflowError):
+        return None
+
+
+def restore_nifti_nonfinite(path: Path, array: np.ndarray, meta: dict[str, str]) -> np.ndarray:
+    """Put back the NaN/inf voxels of a float NIfTI file that ITK read as 0.
+
+    ITK's NIfTI library replaces non-finite floats by 0 before applying ``scl_slope`` /
+    ``scl_inter``, so only voxels now equal to 0 or to ``scl_inter`` can have been
+    NaN/inf; when there are any, the file's own voxel bytes tell which were. The
+    restored voxels go through :func:`finite_image` like those of any other format.
+    """
+    code = _int_or_none(meta.get("datatype"))
+    if code not in NIFTI_FLOATS or array.dtype.kind != "f":
+        return array
+    slope, inter = (_float_or(meta.get(k), d) for k, d in (("scl_slope", 1.0), ("scl_inter", 0.0)))
+    if slope == 0 or not np.isfinite(slope) or not np.isfinite(inter):
+        slope, inter = 1.0, 0.0  # how the library treats an unusable scaling
+    if not (np.any(array == 0) or np.any(array == array.dtype.type(inter))):
+        return array
+    raw = _nifti_voxels(path, NIFTI_FLOATS[code], int(float(meta["vox_offset"])), array.size)
+    if raw is None:
+        return array
+    bad = ~np.isfinite(raw)
+    if not bad.any():
+        return array
+    array = np.array(array, copy=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        array.reshape(-1)[bad] = raw[bad].astype(np.float64) * slope + inter
+    return array
+
+
+def _float_or(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text is not None else default
+    except ValueError:
+        return default
+
+
+def _nifti_header(path: Path) -> tuple[bytes, str] | None:
+    """The 348-byte header of a single-file NIfTI-1 and its byte order (``"<"``/``">"``);
+    None when the file does not start with one."""
+    opener = gzip.open if suffix_of(path) == ".nii.gz" else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(NIFTI1_HEADER_SIZE)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+    if len(head) < NIFTI1_HEADER_SIZE:
+        return None
+    for order, name in (("<", "little"), (">", "big")):
+        if int.from_bytes(head[:4], name) == NIFTI1_HEADER_SIZE:
+            return head, order
+    return None
+
+
+def _check_nifti_pixdim(path: Path) -> None:
+    """Refuse a NIfTI-1 file whose voxel size along a spatial axis of more than one voxel
+    (``pixdim[1..3]``) is zero, negative or not finite."""
+    header = _nifti_header(path)
+    if header is None:
+        return
+    head, order = header
+    ndim = min(max(int(np.frombuffer(head, order + "i2", 1, 40)[0]), 0), 3)
+    size = np.frombuffer(head, order + "i2", ndim, 42)
+    pixdim = np.frombuffer(head, order + "f4", ndim, 80)
+    if not np.all((np.isfinite(pixdim) & (pixdim > 0)) | (size <= 1)):
+        raise ImageReadError(
+            f"{path}: invalid geometry in the header: voxel size (pixdim) "
+            f"{tuple(float(v) for v in pixdim)} must be positive and finite"
+        )
+
+
+def _nifti_voxels(path: Path, kind: str, offset: int, count: int) -> np.ndarray | None:
+    """``count`` voxels of numpy kind ``kind`` at ``offset`` of a single-file NIfTI-1,
+    in the file's byte order (flat, x fastest); None when the file does not hold them."""
+    header = _nifti_header(path)
+    if header is None:
+        return None
+    opener = gzip.open if suffix_of(path) == ".nii.gz" else open
+    itemsize = np.dtype(kind).itemsize
+    try:
+        with opener(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(count * itemsize)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+    if len(data) != count * itemsize:
+        return None
+    return np.frombuffer(data, dtype=header[1] + kind)
 
 
 def _gunzipped_size(path: Path, expected: int) -> int:
@@ -261,10 +477,15 @@ def drop_singleton_4th_axis(image: Any, path: Path) -> Any:
 
 def to_grey(image: Any, path: Path) -> np.ndarray:
     """Array-order grey array of a SimpleITK image; 2D RGB(A) is folded to grey with luma
-    weights (multi-channel volumes are refused)."""
+    weights (other multi-channel images and complex values are refused)."""
     import SimpleITK as sitk
 
     array = sitk.GetArrayFromImage(image)
+    if array.dtype.kind == "c":
+        raise ImageReadError(
+            f"{path}: complex-valued voxels ({array.dtype}); napari-lightm reads "
+            "real-valued images, so save the magnitude first"
+        )
     channels = image.GetNumberOfComponentsPerPixel()
     if channels == 1:
         return array
@@ -289,20 +510,90 @@ def _read_picture(path: Path) -> tuple[np.ndarray, Geometry]:
     """PNG / JPEG / TIFF X-ray: grey array, spacing unknown (``units="pixel"``).
 
     Resolution tags (dpi) of picture files describe printing, not the patient, so they
-    are ignored.
+    are ignored. Grey+alpha pictures keep their grey channel: ITK cannot read grey+alpha
+    PNG (Pillow does) and reads grey+alpha TIFF with the alpha samples interleaved into
+    the grey ones (tifffile does it right).
     """
-    image = read_sitk(path, "a picture (PNG/JPEG/TIFF)")
-    channels = image.GetNumberOfComponentsPerPixel()
-    array = to_grey(image, path)
+    bit_depth, colour_type = _png_ihdr(path)
+    if colour_type == PNG_GREY_ALPHA:
+        if bit_depth != 8:
+            raise ImageReadError(
+                f"{path}: {bit_depth}-bit grey+alpha PNG is not supported (8-bit is); "
+                "save it as grey without the alpha channel"
+            )
+        array, channels = _read_grey_alpha_png(path), 2
+    elif suffix_of(path) in (".tif", ".tiff") and _tiff_samples_per_pixel(path) == 2:
+        array, channels = _read_grey_alpha_tiff(path), 2
+    else:
+        image = read_sitk(path, "a picture (PNG/JPEG/TIFF)", grid=False)
+        channels = image.GetNumberOfComponentsPerPixel()
+        array = to_grey(image, path)
     geometry = Geometry.identity(
         array.ndim,
         units="pixel",
         modality="XR" if array.ndim == 2 else "unknown",
         extra={"format": suffix_of(path).lstrip(".").upper()},
     )
-    if channels > 1:
+    if channels == 2:
+        geometry.warn(f"{path.name}: grey+alpha image, alpha channel dropped")
+    elif channels > 1:
         geometry.warn(f"{path.name}: colour image ({channels} channels) folded to grey")
     return array, geometry
+
+
+def _tiff_samples_per_pixel(path: Path) -> int | None:
+    """Samples per pixel of a TIFF file's first page (None when tifffile cannot tell)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return int(tif.pages[0].samplesperpixel)
+    except Exception:  # a damaged file: ITK reports it in its own words
+        return None
+
+
+def _read_grey_alpha_tiff(path: Path) -> np.ndarray:
+    """The grey samples of a grey+alpha TIFF, read with tifffile."""
+    import tifffile
+
+    try:
+        array = tifffile.imread(path, key=0)
+    except Exception as err:  # tifffile raises many types for corrupt files
+        raise ImageReadError(f"{path}: cannot read as a TIFF picture ({err})") from None
+    if array.ndim != 3 or array.shape[-1] != 2 or array.dtype.kind not in "biuf":
+        raise ImageReadError(f"{path}: grey+alpha TIFF decoded as {array.dtype} {array.shape}")
+    return np.ascontiguousarray(array[..., 0])
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_GREY_ALPHA = 4  # IHDR colour type
+
+
+def _png_ihdr(path: Path) -> tuple[int | None, int | None]:
+    """Bit depth and colour type of a PNG file's IHDR chunk (None, None for other files)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return None, None
+    if len(head) < 26 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None, None
+    return head[24], head[25]
+
+
+def _read_grey_alpha_png(path: Path) -> np.ndarray:
+    """The grey channel of an 8-bit grey+alpha PNG, read with Pillow (which would cut a
+    16-bit one to 8 bits)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as picture:
+            array = np.asarray(picture)
+    except Exception as err:  # Pillow raises many types for corrupt files
+        raise ImageReadError(f"{path}: cannot read as a PNG picture ({err})") from None
+    if array.ndim != 3 or array.shape[-1] != 2:
+        raise ImageReadError(f"{path}: grey+alpha PNG decoded with shape {array.shape}")
+    return np.ascontiguousarray(array[..., 0])
 
 
 def guess_ct(array: np.ndarray) -> bool:

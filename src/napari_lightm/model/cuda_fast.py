@@ -5,20 +5,19 @@ forwards" below): parameters, buffers, the module tree and the state dict are un
 and ``enabled=False`` restores the plain classes. The engine turns the fast path on for
 models on CUDA (:func:`enable_fast_path`).
 
-Profiles behind them (``benchmarks/gpu/profile_gpu.py``): with plain modules, 3D f=32
-1x1x128^3 inference spent 46 ms of 162 in GroupNorm's statistics kernel (one thread block
-per (sample, group)) and 24 ms in LayerNorm over C=32..256 (H100); the fused kernels do
-each in one pass near memory bandwidth (H200: GroupNorm + ReLU 0.7 ms instead of 6.8 ms,
-LayerNorm 0.23 ms instead of 3.1 ms at 128^3, C=32), and CUDA graphs remove the Python
-launch cost that then dominates (3D: 67 -> 54 ms; 2D 512^2: 33 -> 12 ms).
+Why (profiles: ``benchmarks/gpu/profile_gpu.py``, tables in ``docs/benchmarks.md``): with
+plain modules GroupNorm's statistics kernel (one thread block per (sample, group)) and
+LayerNorm over C=32..256 take a large share of inference; the fused kernels do each in one
+pass near memory bandwidth, and CUDA graphs remove the Python launch cost that then
+dominates small inputs.
 
 - :func:`enable_fast_norms`: GroupNorm and the RVM layers' LayerNorm computed from
-  ``torch.var_mean`` (a reduction torch spreads over the whole GPU) and one fused
-  scale-and-shift; same weights, same result to float32 rounding.
+  ``torch.var_mean`` (:mod:`napari_lightm.model.ops.norms.var_mean`); same weights, same
+  result to float32 rounding.
 - :func:`enable_rvm_checkpointing`: each RVM layer recomputes its activations in
   backward instead of storing them (a mixer's token-major intermediates at full
-  resolution are ~10x its input): the 2x1x128^3 Adam step drops from 51 to 16 GiB.
-- :func:`enable_fused_kernels`: the Triton kernels of :mod:`napari_lightm.model.kernels`
+  resolution are ~10x its input), which cuts a 3D train step's memory to a fraction.
+- :func:`enable_fused_kernels`: the Triton kernels of :mod:`napari_lightm.model.ops`
   for every GroupNorm + ReLU pair, both LayerNorms of each RVM layer (the second fused
   with the residual ``+ s * t``), and a channels-last layout through the whole network, so
   every RVM layer's token view ``[B, L, C]`` is free (no transposes around the mixers).
@@ -37,32 +36,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from napari_lightm.model.blocks import ResMambaBlock, ResUpBlock, RVMLayer
+from napari_lightm.model.ops.norms.var_mean import group_norm, layer_norm_tokens
 from napari_lightm.model.scan import is_available, resolve_backend
-
-
-def group_norm(gn: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    """``gn(x)`` for ``x [B, C, *S]`` via ``var_mean`` over each (sample, group) and one
-    ``x * scale + shift`` pass with per-(sample, channel) ``scale``/``shift``."""
-    b, c = x.shape[:2]
-    g = gn.num_groups
-    var, mean = torch.var_mean(x.reshape(b, g, -1), dim=-1, unbiased=False)  # [B, G]
-    rstd = torch.rsqrt(var + gn.eps)
-    scale = rstd.repeat_interleave(c // g, dim=1)  # [B, C]
-    shift = -mean.repeat_interleave(c // g, dim=1) * scale
-    if gn.affine:
-        shift = shift * gn.weight + gn.bias
-        scale = scale * gn.weight
-    view = (b, c) + (1,) * (x.ndim - 2)
-    return torch.addcmul(shift.view(view), x, scale.view(view))
-
-
-def layer_norm_tokens(ln: nn.LayerNorm, t: torch.Tensor) -> torch.Tensor:
-    """``ln(t)`` for tokens ``t [..., C]`` via ``var_mean`` over the last axis."""
-    var, mean = torch.var_mean(t, dim=-1, keepdim=True, unbiased=False)
-    y = (t - mean) * torch.rsqrt(var + ln.eps)
-    if ln.elementwise_affine:
-        y = torch.addcmul(ln.bias, y, ln.weight) if ln.bias is not None else y * ln.weight
-    return y
 
 
 def _rvm_forward(layer: RVMLayer, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +63,7 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
 
 def _fused_rvm_forward(layer: RVMLayer, x: torch.Tensor) -> torch.Tensor:
     """RVMLayer.forward with Triton LayerNorm and residual + LayerNorm kernels."""
-    from napari_lightm.model.kernels import norms
+    from napari_lightm.model.ops.norms import layer_norm_triton as norms
 
     if x.dtype == torch.float16:  # as the released code: half input is lifted to float32
         x = x.float()
@@ -104,9 +79,9 @@ def _fused_rvm_forward(layer: RVMLayer, x: torch.Tensor) -> torch.Tensor:
 
 def _gn_relu(gn: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     """``ReLU(gn(x))`` in one Triton pass (plus its statistics), channels-last output."""
-    from napari_lightm.model.kernels import norms
+    from napari_lightm.model.ops.norms.group_norm_triton import group_norm_relu
 
-    return norms.group_norm_relu(x, gn.num_groups, gn.weight, gn.bias, gn.eps)
+    return group_norm_relu(x, gn.num_groups, gn.weight, gn.bias, gn.eps)
 
 
 def _is_head(module: nn.Module) -> bool:
@@ -149,9 +124,9 @@ class _FastRVMLayer(RVMLayer):
 def _pass_contexts():
     """(first pass, recomputation) contexts of an RVM layer's activation checkpoint: the
     Triton scan's first pass runs as for inference and hands its super-chunk states to the
-    recomputation (``triton_scan.recomputation_contexts``)."""
+    recomputation (``scan.triton.recomputation_contexts``)."""
     if is_available("triton"):
-        from napari_lightm.model.scan.triton_scan import recomputation_contexts
+        from napari_lightm.model.scan.triton import recomputation_contexts
 
         return recomputation_contexts()
     return contextlib.nullcontext(), contextlib.nullcontext()
@@ -171,7 +146,7 @@ class _FusedResMambaBlock(ResMambaBlock):
 
 class _FusedResUpBlock(ResUpBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from napari_lightm.model.kernels import dwconv
+        from napari_lightm.model.ops import dwconv
 
         h = _gn_relu(self.norm1, x)
         dw, pw = self.conv
@@ -181,8 +156,8 @@ class _FusedResUpBlock(ResUpBlock):
             h = _pointwise_tokens(dwconv.depthwise_conv(h, dw.weight), pw.weight, pw.bias)
         else:
             # the default layout: cuDNN's channels-last grouped kernels run a depthwise
-            # convolution one group at a time (25 ms for three 3D blocks at 128^3 on an
-            # H200, seconds for the weight gradient in bf16); torch's own kernel does not
+            # convolution one group at a time (slowest for the weight gradient in bf16);
+            # torch's own kernel does not
             h = self.conv(h.contiguous())
         return _gn_relu(self.norm2, h + self.skip_scale * x)
 
@@ -193,8 +168,7 @@ class _FusedHead(nn.Sequential):
 
     A depthwise 1x1 convolution is a per-channel scale and shift, so the pair is one
     pointwise map ``W_pw diag(w_dw) x + (W_pw b_dw + b_pw)``: the same parameters (their
-    gradients flow through the product), one GEMM instead of cuDNN's grouped kernel, which
-    took 8 ms forward and 11 ms backward at 2x32x128^3 on an H200.
+    gradients flow through the product), one GEMM instead of cuDNN's slow grouped kernel.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,7 +211,9 @@ def _is_pointwise_pair(dw: nn.Module, pw: nn.Module) -> bool:
             and all(p == 0 for p in dw.padding))
 
 
-def _update_rvm(layer: RVMLayer) -> None:
+def _set_rvm_flag(layer: RVMLayer, flag: str, enabled: bool) -> None:
+    """Set one of the RVM layer's switches; its class follows: fast while any is on."""
+    setattr(layer, flag, enabled)
     flags = ("_lightm_fused", "_lightm_fast_norms", "_lightm_checkpoint")
     layer.__class__ = (_FastRVMLayer if any(getattr(layer, f, False) for f in flags)
                        else RVMLayer)
@@ -258,8 +234,7 @@ def enable_fused_kernels(model: nn.Module, enabled: bool = True) -> int:
     count = 0
     for module in model.modules():
         if isinstance(module, RVMLayer):
-            module._lightm_fused = enabled
-            _update_rvm(module)
+            _set_rvm_flag(module, "_lightm_fused", enabled)
         elif isinstance(module, ResMambaBlock):
             _swap(module, ResMambaBlock, _FusedResMambaBlock, enabled)
         elif isinstance(module, ResUpBlock):
@@ -286,8 +261,7 @@ def enable_fast_norms(model: nn.Module, enabled: bool = True) -> int:
             _swap(module, nn.GroupNorm, _FastGroupNorm, enabled)
             count += 1
         elif isinstance(module, RVMLayer):
-            module._lightm_fast_norms = enabled
-            _update_rvm(module)
+            _set_rvm_flag(module, "_lightm_fast_norms", enabled)
             count += 1
     return count
 
@@ -297,13 +271,10 @@ def enable_rvm_checkpointing(model: nn.Module, enabled: bool = True) -> int:
 
     Returns the number of RVM layers changed. Combines with the other switches.
     """
-    count = 0
-    for module in model.modules():
-        if isinstance(module, RVMLayer):
-            module._lightm_checkpoint = enabled
-            _update_rvm(module)
-            count += 1
-    return count
+    layers = [m for m in model.modules() if isinstance(m, RVMLayer)]
+    for layer in layers:
+        _set_rvm_flag(layer, "_lightm_checkpoint", enabled)
+    return len(layers)
 
 
 def enable_fast_path(model: nn.Module, training: bool = False) -> str:
@@ -398,6 +369,4 @@ __all__ = [
     "enable_fused_kernels",
     "enable_rvm_checkpointing",
     "fastest_scan_backend",
-    "group_norm",
-    "layer_norm_tokens",
 ]

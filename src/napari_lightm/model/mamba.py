@@ -108,12 +108,12 @@ class Mamba(nn.Module):
         """``SiLU(causal_conv(x))``, ``[B, L, E] -> [B, L, E]``."""
         if torch.compiler.is_compiling():  # plain ops: the compiler fuses them itself
             return F.silu(self.causal_conv(x))
-        if x.is_cuda and is_available("triton"):  # one Triton pass each way (kernels/conv.py)
-            from napari_lightm.model.kernels.conv import causal_conv1d_silu
+        if x.is_cuda and is_available("triton"):  # one Triton pass each way
+            from napari_lightm.model.ops.conv1d.triton import causal_conv1d_silu
 
             return causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias)
         if self._fused_conv_available(x):
-            from napari_lightm.model.scan.cpu_numba import causal_conv1d_silu_cpu
+            from napari_lightm.model.ops.conv1d.cpu import causal_conv1d_silu_cpu
 
             return causal_conv1d_silu_cpu(x, self.conv1d.weight, self.conv1d.bias)
         return F.silu(self.causal_conv(x))
@@ -128,9 +128,8 @@ class Mamba(nn.Module):
         z = F.linear(u, w_z)
         dt, b, c = self.x_proj(x).split([r, n, n], dim=-1)
         a = -torch.exp(self.A_log.float())
-        # delta is formed here, not inside the scan: a triton scan with dt_proj fused in
-        # measured 3x slower on an H200 (benchmarks/RESULTS.md, "scan in the mixer's
-        # layout") and was removed
+        # delta is formed here by one GEMM, not inside the scan: fusing dt_proj into the
+        # triton scan is slower (docs/benchmarks.md, "GPU kernel launch settings")
         delta = F.linear(dt, self.dt_proj.weight)  # bias + softplus happen in the scan
         y = _scan(x, delta, a, b, c, self.D.float(), z, self.dt_proj.bias.float(),
                   self.scan_backend)

@@ -1,7 +1,7 @@
 """One entry point for the selective scan, with interchangeable backends.
 
-All backends share the token-major layout of :func:`selective_scan_reference`:
-``u, delta, z: [Bt, L, E]``, ``A: [E, N]``, ``B, C: [Bt, L, N]``, ``D, delta_bias: [E]``.
+Every backend is a function of one :class:`ScanArgs` (token-major ``u, delta, z: [Bt, L, E]``,
+``A: [E, N]``, ``B, C: [Bt, L, N]``, ``D, delta_bias: [E]``), returning ``y [Bt, L, E]``.
 
 Backends (``name``: where it runs):
 
@@ -26,6 +26,7 @@ from functools import cache
 
 import torch
 
+from napari_lightm.model.scan.args import ScanArgs
 from napari_lightm.model.scan.reference import selective_scan_reference
 from napari_lightm.model.scan.torch_chunked import selective_scan_torch
 
@@ -38,6 +39,7 @@ class Backend:
     module: str  # imported lazily: numba / triton / mamba_ssm are optional
     function: str
     devices: tuple[str, ...]  # device types it runs on
+    requires: str | None = None  # the third-party module it runs on; probed by is_available
 
     def load(self) -> Callable:
         return getattr(importlib.import_module(self.module), self.function)
@@ -48,13 +50,14 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend("reference", "napari_lightm.model.scan.reference", "selective_scan_reference",
                 ("cpu", "cuda", "mps")),
-        Backend("cpu", "napari_lightm.model.scan.cpu_numba", "selective_scan_cpu", ("cpu",)),
+        Backend("cpu", "napari_lightm.model.scan.cpu", "selective_scan_cpu", ("cpu",),
+                "numba"),
         Backend("torch", "napari_lightm.model.scan.torch_chunked", "selective_scan_torch",
                 ("cpu", "cuda", "mps")),
-        Backend("triton", "napari_lightm.model.scan.triton_scan", "selective_scan_triton",
-                ("cuda",)),
+        Backend("triton", "napari_lightm.model.scan.triton", "selective_scan_triton",
+                ("cuda",), "triton"),
         Backend("mamba_ssm", "napari_lightm.model.scan.mamba_ssm_backend",
-                "selective_scan_mamba_ssm", ("cuda",)),
+                "selective_scan_mamba_ssm", ("cuda",), "mamba_ssm.ops.selective_scan_interface"),
     )
 }
 
@@ -68,11 +71,18 @@ PREFERENCE: dict[str, tuple[str, ...]] = {
 
 @cache
 def is_available(name: str) -> bool:
-    """True when backend ``name`` imports on this machine (CUDA ones also need a GPU)."""
+    """True when backend ``name`` and the package it runs on import on this machine (CUDA
+    ones also need a GPU).
+
+    The package is imported itself: our wrapper modules may import without it (mamba-ssm's
+    is imported only when the scan runs).
+    """
     backend = BACKENDS[name]
     if "cpu" not in backend.devices and not torch.cuda.is_available():
         return False
     try:
+        if backend.requires is not None:
+            importlib.import_module(backend.requires)
         backend.load()
     except Exception:  # ImportError, or mamba_ssm's failing CUDA extension
         return False
@@ -123,18 +133,20 @@ def selective_scan(
 ) -> torch.Tensor:
     """Selective scan ``y = SSM(u)`` (optionally ``* SiLU(z)``) with the chosen backend.
 
-    See :func:`selective_scan_reference` for shapes. The state is kept in float32
-    (float64 for float64 inputs) whatever the input dtype, also under autocast.
+    See :class:`ScanArgs` for the arguments. The state is kept in float32 (float64 for
+    float64 inputs) whatever the input dtype, also under autocast.
     """
+    args = ScanArgs(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     name = resolve_backend(u.device, backend)
     fn = BACKENDS[name].load()
     with torch.autocast(device_type=u.device.type, enabled=False):
-        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return fn(args)
 
 
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
+    "ScanArgs",
     "available_backends",
     "is_available",
     "resolve_backend",

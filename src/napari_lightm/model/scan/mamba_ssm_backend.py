@@ -1,4 +1,4 @@
-"""mamba-ssm's CUDA selective scan behind the token-major contract of our backends.
+"""mamba-ssm's CUDA selective scan behind the token-major :class:`ScanArgs` of our backends.
 
 ``mamba_ssm`` is imported lazily: it only imports where its CUDA extension was
 compiled for the machine (see ``../shared/gpu/``); elsewhere this backend raises
@@ -8,6 +8,8 @@ ImportError and the dispatcher skips it.
 from __future__ import annotations
 
 import torch
+
+from napari_lightm.model.scan.args import ScanArgs
 
 
 def _selective_scan_fn():
@@ -19,22 +21,13 @@ def _selective_scan_fn():
     return selective_scan_fn
 
 
-def selective_scan_mamba_ssm(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-) -> torch.Tensor:
-    """Same contract as :func:`selective_scan_reference` (``u, delta, z: [Bt, L, E]``,
-    ``B, C: [Bt, L, N]``), computed by mamba-ssm's kernel in its ``[Bt, E, L]`` layout.
+def selective_scan_mamba_ssm(args: ScanArgs) -> torch.Tensor:
+    """The scan of ``args`` (see :class:`ScanArgs`) by mamba-ssm's kernel, in its
+    ``[Bt, E, L]`` layout.
 
     Returns ``y [Bt, L, E]`` in ``u``'s dtype; differentiable (mamba-ssm's backward).
     """
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus = args
     fn = _selective_scan_fn()
     if u.device.type != "cuda":
         raise ValueError(f"mamba_ssm scan needs CUDA tensors, got {u.device}")

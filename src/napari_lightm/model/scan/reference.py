@@ -3,55 +3,22 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from napari_lightm.model.scan.args import ScanArgs
 
 
-def selective_scan_reference(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-) -> torch.Tensor:
-    """Selective scan in the token-major layout, one Python step per token.
+def selective_scan_reference(args: ScanArgs) -> torch.Tensor:
+    """The scan of ``args`` (see :class:`ScanArgs`), one Python step per token.
 
-    Args:
-        u: inputs ``[Bt, L, E]``.
-        delta: step sizes ``[Bt, L, E]`` (before ``delta_bias`` / softplus).
-        A: state matrix ``[E, N]`` (negative for a stable scan).
-        B: input matrix ``[Bt, L, N]``.
-        C: output matrix ``[Bt, L, N]``.
-        D: skip ``[E]`` or None.
-        z: gate ``[Bt, L, E]`` or None; the output is multiplied by ``SiLU(z)``.
-        delta_bias: ``[E]`` added to ``delta`` before the softplus.
-        delta_softplus: apply softplus to ``delta``.
-
-    Returns:
-        ``y`` ``[Bt, L, E]`` in the dtype of ``u``. Computed in ``u``'s dtype
-        (upcast to float32 when ``u`` is half precision).
+    Computed in ``u``'s dtype (float32 when ``u`` is half precision); returns ``y [Bt, L, E]``
+    in ``u``'s dtype.
     """
-    dtype_in = u.dtype
-    work = torch.float64 if dtype_in == torch.float64 else torch.float32
-    u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(work)
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u, dt, A, B, C = args.in_work_dtype()
     bt, length, e = u.shape
-    n = A.shape[1]
-    h = u.new_zeros(bt, e, n)
+    h = u.new_zeros(bt, e, A.shape[1])
     ys = []
     for t in range(length):
-        d_t = delta[:, t, :, None]  # [Bt, E, 1]
+        d_t = dt[:, t, :, None]  # [Bt, E, 1]
         h = torch.exp(d_t * A) * h + d_t * B[:, t, None, :] * u[:, t, :, None]
         ys.append((h * C[:, t, None, :]).sum(-1))
-    y = torch.stack(ys, dim=1)
-    if D is not None:
-        y = y + u * D.to(work)
-    if z is not None:
-        y = y * F.silu(z.to(work))
-    return y.to(dtype_in)
+    return args.finish(torch.stack(ys, dim=1), u)

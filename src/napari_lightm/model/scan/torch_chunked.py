@@ -5,7 +5,7 @@ steps of a chunk, vectorised over chunks) and keeps only each chunk's end state
 and total decay; a short carry pass turns those into each chunk's true start
 state; pass 2 re-runs the chunks from their start states and emits ``y``. Each
 step's decay ``exp(delta * A)`` is formed inside the loop (no log-space
-cumulative sums, which lose ~1e-3 in float32 on long decays).
+cumulative sums, which lose precision in float32 on long decays).
 """
 
 from __future__ import annotations
@@ -13,29 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from napari_lightm.model.scan.args import ScanArgs
+
 DEFAULT_CHUNK = 64
 
 
-def selective_scan_torch(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    chunk: int = DEFAULT_CHUNK,
-) -> torch.Tensor:
-    """Same contract as :func:`selective_scan_reference` (token-major ``[Bt, L, E]``)."""
-    dtype_in = u.dtype
-    work = torch.float64 if dtype_in == torch.float64 else torch.float32
-    u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(work)
-    if delta_softplus:
-        delta = F.softplus(delta)
+def selective_scan_torch(args: ScanArgs, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """The scan of ``args`` (see :class:`ScanArgs`) in chunks of ``chunk`` tokens."""
+    u, delta, A, B, C = args.in_work_dtype()
     bt, length, e = u.shape
     n = A.shape[1]
     t_len = min(chunk, length)
@@ -69,9 +54,4 @@ def selective_scan_torch(
         h = torch.exp(d_s * A) * h + d_s * bc[:, :, s, None, :] * uc[:, :, s, :, None]
         ys.append((h * cc[:, :, s, None, :]).sum(-1))
     y = torch.stack(ys, dim=2).reshape(bt, k * t_len, e)[:, :length]
-    u = u[:, :length]
-    if D is not None:
-        y = y + u * D.to(work)
-    if z is not None:
-        y = y * F.silu(z.to(work))
-    return y.to(dtype_in)
+    return args.finish(y, u[:, :length])

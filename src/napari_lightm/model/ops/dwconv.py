@@ -8,9 +8,8 @@ stored channels-last (``[B, *S, C]`` in memory)::
 
 over the 9 (2D) or 27 (3D) taps ``k`` with spatial offsets ``o_k`` in ``{-1, 0, 1}``^d.
 cuDNN runs this channels-last one group at a time and torch's own depthwise kernels want
-the default layout, so the fast path used to copy the map to that layout and back (five
-copies of a 2x32x128^3 map per train step, 10 ms on an H200, plus 12 ms for the weight
-gradient); here every pass reads and writes channels-last directly:
+the default layout (copies of the whole map there and back); here every pass reads and
+writes channels-last directly:
 
 - forward: a program owns ``BLOCK_W`` voxels of one row (fixed ``b, d, h``) x ``BLOCK_C``
   channels and sums the 9/27 shifted tiles (unit-stride channels: coalesced, the shifted
@@ -21,7 +20,7 @@ gradient); here every pass reads and writes channels-last directly:
   tile, taps first), sums over its voxels once at the end and writes its partial sums
   ``[groups, 32, C]`` (float32) that torch adds up: deterministic, no atomics.
 
-All math is float32 whatever the input dtype.
+All math is float32 whatever the input dtype. Launch constants: ``ops/launch.py``'s ``DWConv``.
 """
 
 from __future__ import annotations
@@ -30,17 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
-from napari_lightm.model.kernels._host import DTYPES, interpreting, on_device
+from napari_lightm.model.ops._host import DTYPES, interpreting, on_device
+from napari_lightm.model.ops.launch import DWConv as LAUNCH
 
-# Launch constants (first guesses, to be swept on a GPU).
-BLOCK_W = 16  # voxels of a row per program
-BLOCK_C = 32  # channels per program (32 fp32 = 128 contiguous bytes per voxel)
-WARPS = 4
-WGRAD_BLOCK_W = 8  # weight gradient: a [32 taps, 8, 32] accumulator = 64 registers / thread
-WGRAD_WARPS = 4
-WGRAD_MIN_PROGRAMS = 2048  # weight gradient: rows are grouped so that about this many run
 TAPS_P2 = 32  # taps padded to a power of two (27 or 9 used)
-
 
 
 @triton.jit
@@ -142,11 +134,12 @@ def _apply(x: torch.Tensor, w_taps: torch.Tensor, kd: int) -> torch.Tensor:
     y = torch.empty_like(x)  # keeps x's (channels-last) memory format
     if y.numel() == 0:
         return y
-    bw = min(BLOCK_W, triton.next_power_of_2(w))
-    bc = min(BLOCK_C, triton.next_power_of_2(c))
+    bw = min(LAUNCH.BLOCK_W, triton.next_power_of_2(w))
+    bc = min(LAUNCH.BLOCK_C, triton.next_power_of_2(c))
     grid = (b * d * h, triton.cdiv(w, bw), triton.cdiv(c, bc))
     with on_device(x):
-        _dw_apply_kernel[grid](x, w_taps, y, d, h, w, c, KD=kd, BW=bw, BC=bc, num_warps=WARPS)
+        _dw_apply_kernel[grid](x, w_taps, y, d, h, w, c, KD=kd, BW=bw, BC=bc,
+                               num_warps=LAUNCH.WARPS)
     return y
 
 
@@ -156,11 +149,11 @@ def _weight_grad(x: torch.Tensor, g: torch.Tensor, kd: int) -> torch.Tensor:
     taps = kd * 9
     if x.numel() == 0:
         return torch.zeros(c, taps, device=x.device, dtype=torch.float32)
-    bw = min(WGRAD_BLOCK_W, triton.next_power_of_2(w))
-    bc = min(BLOCK_C, triton.next_power_of_2(c))
+    bw = min(LAUNCH.WGRAD_BLOCK_W, triton.next_power_of_2(w))
+    bc = min(LAUNCH.BLOCK_C, triton.next_power_of_2(c))
     rows = b * d * h
     others = triton.cdiv(w, bw) * triton.cdiv(c, bc)
-    groups = min(rows, max(1, triton.cdiv(WGRAD_MIN_PROGRAMS, others)))
+    groups = min(rows, max(1, triton.cdiv(LAUNCH.WGRAD_MIN_PROGRAMS, others)))
     per_prog = triton.cdiv(rows, groups)
     groups = triton.cdiv(rows, per_prog)
     part = torch.empty(groups, triton.cdiv(w, bw), TAPS_P2, c, device=x.device,
@@ -168,7 +161,7 @@ def _weight_grad(x: torch.Tensor, g: torch.Tensor, kd: int) -> torch.Tensor:
     with on_device(x):
         _dw_wgrad_kernel[(groups, triton.cdiv(w, bw), triton.cdiv(c, bc))](
             x, g, part, d, h, w, c, rows, per_prog,
-            KD=kd, BW=bw, BC=bc, TP=TAPS_P2, num_warps=WGRAD_WARPS,
+            KD=kd, BW=bw, BC=bc, TP=TAPS_P2, num_warps=LAUNCH.WGRAD_WARPS,
         )
     return part.sum((0, 1))[:taps].t()  # [C, taps]
 
@@ -239,4 +232,4 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _DepthwiseConv.apply(_channels_last(x), weight)
 
 
-__all__ = ["BLOCK_C", "BLOCK_W", "WARPS", "depthwise_conv", "is_supported"]
+__all__ = ["depthwise_conv", "is_supported"]

@@ -29,8 +29,8 @@ in two passes. Pass 1 (``_conv_grad_kernel``) reads ``x`` and ``dy`` once, write
 blocks and writes its ``dweight``/``dbias`` partial sums to a float32 buffer
 ``[B, groups, K, E]`` that torch sums (deterministic, no atomics). Pass 2
 (``_conv_dx_kernel``) forms ``dx`` from the K shifted rows of ``g`` (the rows past its
-block from the halo), in place. The single-pass backward it replaces recomputed the
-pre-activation K times per block (34 ms of an H200 train step, 10x the forward).
+block from the halo), in place: the pre-activation is recomputed once per token, not K
+times as a single-pass backward would. Launch constants: ``ops/launch.py``'s ``Conv1d``.
 All math is float32 whatever the input dtype.
 """
 
@@ -40,26 +40,10 @@ import torch
 import triton
 import triton.language as tl
 
-from napari_lightm.model.kernels._host import DTYPES, interpreting, on_device, pow2
+from napari_lightm.model.ops._host import DTYPES, interpreting, on_device, pow2, unit_last
+from napari_lightm.model.ops.launch import Conv1d as LAUNCH
 
-# Launch constants: the fastest of bench_gpu.py's sweeps on an H200 at L=2,097,152, E=64
-# (benchmarks/RESULTS.md, "fused kernels vs torch"): forward 64x64 / 8 warps 0.35 ms (32x64
-# 0.48 ms, torch's ops 5.3 ms); backward 16x64 / 4 warps in both passes 1.31 ms (32x64 /
-# 8 warps 1.94 ms; the single-pass backward before it 2.3 ms at its best setting). A tile
-# is BLOCK_L x BLOCK_E elements; BLOCK_E is clipped to next_pow2(E) at launch.
-FWD_BLOCK_L = 64  # tokens per forward program
-FWD_BLOCK_E = 64  # channels per program (64 fp32 = 256 contiguous bytes per token row)
-FWD_WARPS = 8
-BWD_BLOCK_L = 16  # tokens per backward tile (both passes)
-BWD_BLOCK_E = 64
-BWD_WARPS = 4  # pass 1
-DX_WARPS = 4  # pass 2
-# Backward pass 1: token blocks are grouped so that about this many programs run; fewer
-# programs means a smaller dweight/dbias partial buffer ([B, groups, K, E] float32), more
-# means more parallelism.
-BWD_MIN_PROGRAMS = 4096
 MAX_WIDTH = 8  # largest kernel width K supported (backward pass 1 has one accumulator per tap)
-
 
 
 # ---------------------------------------------------------------- device helpers
@@ -238,18 +222,13 @@ def _conv_dx_kernel(
 # ---------------------------------------------------------------- host side
 
 
-def _unit_last(x: torch.Tensor) -> torch.Tensor:
-    """The kernels take any batch/token strides but need the channel axis contiguous."""
-    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
-
-
 def _bwd_groups(blocks: int, other_programs: int) -> tuple[int, int]:
     """Split ``blocks`` token blocks into groups; returns ``(groups, blocks_per_prog)``.
 
     Enough groups that about ``BWD_MIN_PROGRAMS`` programs run in all, as few as that
     allows (each group writes one row of the partial-sum buffers).
     """
-    groups = min(blocks, max(1, triton.cdiv(BWD_MIN_PROGRAMS, max(other_programs, 1))))
+    groups = min(blocks, max(1, triton.cdiv(LAUNCH.BWD_MIN_PROGRAMS, max(other_programs, 1))))
     per_prog = triton.cdiv(blocks, groups)
     return triton.cdiv(blocks, per_prog), per_prog
 
@@ -306,7 +285,7 @@ class _CausalConv1dSilu(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, w32, b32 = ctx.saved_tensors
-        dx, dw, db = _backward(x, w32, b32, _unit_last(dy), ctx.activation)
+        dx, dw, db = _backward(x, w32, b32, unit_last(dy), ctx.activation)
         w_shape, w_dtype, b_dtype = ctx.meta
         need_x, need_w, need_b, _ = ctx.needs_input_grad
         return (
@@ -325,15 +304,15 @@ def _forward(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor | None,
     y = torch.empty(bsz, length, e, device=x.device, dtype=x.dtype)
     if y.numel() == 0:
         return y
-    block_l = min(FWD_BLOCK_L, pow2(length))
-    block_e = min(FWD_BLOCK_E, pow2(e))
+    block_l = min(LAUNCH.FWD_BLOCK_L, pow2(length))
+    block_e = min(LAUNCH.FWD_BLOCK_E, pow2(e))
     grid = (triton.cdiv(length, block_l), triton.cdiv(e, block_e), bsz)
     with on_device(x):
         _conv_fwd_kernel[grid](
             x, w32, b32 if b32 is not None else w32, y,
             length, e, x.stride(0), x.stride(1),
             KSIZE=k, HAS_BIAS=b32 is not None, ACT=bool(activation),
-            BLOCK_L=block_l, BLOCK_E=block_e, num_warps=FWD_WARPS,
+            BLOCK_L=block_l, BLOCK_E=block_e, num_warps=LAUNCH.FWD_WARPS,
         )
     return y
 
@@ -347,8 +326,8 @@ def _backward(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor | None, dy: 
     if dx.numel() == 0:
         dw = torch.zeros_like(w32)
         return dx, dw, None if b32 is None else torch.zeros_like(b32)
-    block_l = min(BWD_BLOCK_L, pow2(length))
-    block_e = min(BWD_BLOCK_E, pow2(e))
+    block_l = min(LAUNCH.BWD_BLOCK_L, pow2(length))
+    block_e = min(LAUNCH.BWD_BLOCK_E, pow2(e))
     e_blocks = triton.cdiv(e, block_e)
     blocks = triton.cdiv(length, block_l)
     groups, per_prog = _bwd_groups(blocks, e_blocks * bsz)
@@ -363,11 +342,12 @@ def _backward(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor | None, dy: 
             x, w32, b32 if b32 is not None else w32, dy, g, halo, dw_part, db_part,
             length, e, groups, blocks, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1),
             KSIZE=k, HAS_BIAS=b32 is not None, ACT=bool(activation),
-            BLOCK_L=block_l, BLOCK_E=block_e, BLOCKS_PER_PROG=per_prog, num_warps=BWD_WARPS,
+            BLOCK_L=block_l, BLOCK_E=block_e, BLOCKS_PER_PROG=per_prog,
+            num_warps=LAUNCH.BWD_WARPS,
         )
         _conv_dx_kernel[(blocks, e_blocks, bsz)](
             g, halo, w32, dx, length, e, blocks,
-            KSIZE=k, BLOCK_L=block_l, BLOCK_E=block_e, num_warps=DX_WARPS,
+            KSIZE=k, BLOCK_L=block_l, BLOCK_E=block_e, num_warps=LAUNCH.DX_WARPS,
         )
     dw = dw_part.sum((0, 1)).t()  # [K, E] -> [E, K]
     db = None if b32 is None else db_part.sum((0, 1))
@@ -403,18 +383,7 @@ def causal_conv1d_silu(
         ValueError: wrong shapes, dtypes or devices.
     """
     _check(x, weight, bias)
-    return _CausalConv1dSilu.apply(_unit_last(x), weight, bias, bool(activation))
+    return _CausalConv1dSilu.apply(unit_last(x), weight, bias, bool(activation))
 
 
-__all__ = [
-    "BWD_BLOCK_E",
-    "BWD_BLOCK_L",
-    "BWD_MIN_PROGRAMS",
-    "BWD_WARPS",
-    "DX_WARPS",
-    "FWD_BLOCK_E",
-    "FWD_BLOCK_L",
-    "FWD_WARPS",
-    "MAX_WIDTH",
-    "causal_conv1d_silu",
-]
+__all__ = ["MAX_WIDTH", "causal_conv1d_silu"]

@@ -9,10 +9,9 @@ whole SIMD vectors. Tasks run on a thread pool (the kernels release the GIL),
 sized by ``torch.get_num_threads()``.
 
 Accuracy: each step's decay ``exp(delta * A)`` is formed directly (no log-space
-cumulative sums, which lose ~1e-3 in float32 on long decays). ``exp`` and
-``log1p`` are evaluated by small polynomial routines that vectorise (numba has
-no vector math library here); they are accurate to a few ulp in float32. Float64
-inputs use ``math.exp``/``math.log1p`` and a float64 state (for tests).
+cumulative sums, which lose precision in float32 on long decays), with the
+vectorisable ``exp`` / ``log1p`` of :mod:`napari_lightm.model.ops._numba`. Float64
+inputs keep a float64 state (for tests).
 
 Backward by recomputation: the forward stores the state only at the start of
 every ``chunk`` tokens (``[Bt, L / chunk, N, E]``, i.e. ``L*E*N/chunk`` values);
@@ -26,130 +25,22 @@ them on disk), never at import of :mod:`napari_lightm`.
 
 from __future__ import annotations
 
-import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba import njit
+
+from napari_lightm.model.ops._numba import JIT, ONE, run_tasks
+from napari_lightm.model.ops._numba import exp as _exp
+from napari_lightm.model.ops._numba import sigmoid as _sigmoid
+from napari_lightm.model.ops._numba import softplus as _softplus
+from napari_lightm.model.scan.args import ScanArgs
 
 BLOCK = 16  # channels per task: one AVX-512 (two AVX2) vectors, a compile-time trip count
 DEFAULT_CHUNK = 64  # tokens between stored states; the backward recomputes one chunk at a time
 
-# numpy's error model: no ZeroDivisionError checks, which would stop LLVM vectorising
-_JIT = {"fastmath": True, "error_model": "numpy", "cache": True}
-_f32 = np.float32
-# exp: x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-7 minimax polynomial (Cephes'
-# expf coefficients), 2**n from the bits. fastmath may fold the two-part ln2 into one
-# float32 constant: relative error then <= 2.5e-7 (at n = -126), ~1e-7 for |x| < 20.
-_LOG2E = _f32(1.4426950408889634)
-_LN2_HI = _f32(0.693359375)
-_LN2_LO = _f32(-2.12194440e-4)
-_EXP_MIN = _f32(-87.0)  # keeps 2**n a normal float; exp(-87) ~ 1.6e-38 stands in for 0
-_EXP_MAX = _f32(88.0)
-_EXP_P0 = _f32(1.9875691500e-4)
-_EXP_P1 = _f32(1.3981999507e-3)
-_EXP_P2 = _f32(8.3334519073e-3)
-_EXP_P3 = _f32(4.1665795894e-2)
-_EXP_P4 = _f32(1.6666665459e-1)
-_EXP_P5 = _f32(5.0000001201e-1)
-# log1p on [0, 1] by the atanh series
-_SQRT2_M1 = _f32(0.41421356237309503)
-_LN2 = _f32(0.6931471805599453)
-_ZERO = _f32(0.0)
-_ONE = _f32(1.0)
-_THREE = _f32(3.0)
-_HALF = _f32(0.5)
-_TWO = _f32(2.0)
-_THIRD = _f32(1.0 / 3.0)
-_FIFTH = _f32(1.0 / 5.0)
-_SEVENTH = _f32(1.0 / 7.0)
-_NINTH = _f32(1.0 / 9.0)
 
-
-@intrinsic
-def _int32_as_float32(typingctx, bits):
-    """Reinterpret the low 32 bits of an integer as a float32 (vectorisable, unlike a view)."""
-    if not isinstance(bits, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        value = args[0]
-        if bits.bitwidth > 32:
-            value = builder.trunc(value, ir.IntType(32))
-        return builder.bitcast(value, ir.FloatType())
-
-    return types.float32(bits), codegen
-
-
-def _exp(x):
-    """``exp(x)``; float32: the vectorisable polynomial, float64: ``math.exp``."""
-    raise NotImplementedError  # only callable from numba code
-
-
-def _log1p_unit(w):
-    """``log(1 + w)`` for ``0 <= w <= 1``; float32: vectorisable, float64: ``math.log1p``."""
-    raise NotImplementedError
-
-
-@overload(_exp, inline="always", jit_options=_JIT)
-def _exp_overload(x):
-    if x == types.float32:
-
-        def exp32(x):
-            x = min(max(x, _EXP_MIN), _EXP_MAX)
-            n = np.floor(x * _LOG2E + _HALF)
-            r = x - n * _LN2_HI - n * _LN2_LO
-            p = _EXP_P0 * r + _EXP_P1
-            p = p * r + _EXP_P2
-            p = p * r + _EXP_P3
-            p = p * r + _EXP_P4
-            p = p * r + _EXP_P5
-            p = p * (r * r) + r + _ONE
-            return p * _int32_as_float32((np.int32(n) + np.int32(127)) << np.int32(23))
-
-        return exp32
-    if x == types.float64:
-        return lambda x: math.exp(x)
-    return None
-
-
-@overload(_log1p_unit, inline="always", jit_options=_JIT)
-def _log1p_unit_overload(w):
-    if w == types.float32:
-
-        def log1p_unit32(w):
-            # log(1 + w) = 2 atanh(s) with s = w / (2 + w); above sqrt(2) - 1 use
-            # log(1 + w) = ln 2 + 2 atanh((w - 1) / (w + 3)). Either way |s| <= 0.172.
-            big = w > _SQRT2_M1
-            s = (w - _ONE if big else w) / (w + _THREE if big else w + _TWO)
-            s2 = s * s
-            poly = _ONE + s2 * (_THIRD + s2 * (_FIFTH + s2 * (_SEVENTH + s2 * _NINTH)))
-            return (_LN2 if big else _ZERO) + _TWO * s * poly
-
-        return log1p_unit32
-    if w == types.float64:
-        return lambda w: math.log1p(w)
-    return None
-
-
-@njit(inline="always", **_JIT)
-def _softplus(x):
-    """``log(1 + exp(x))`` without branches: ``max(x, 0) + log1p(exp(-|x|))``."""
-    return max(x, _ZERO) + _log1p_unit(_exp(-abs(x)))
-
-
-@njit(inline="always", **_JIT)
-def _sigmoid(x):
-    return _ONE / (_ONE + _exp(-x))  # float32 constants keep float32 in float32
-
-
-@njit(inline="always", **_JIT)
+@njit(inline="always", **JIT)
 def _step_size(delta_row, bias_row, softplus, out):
     """``out = softplus(delta + bias)`` (or without softplus) for one token's channel block."""
     if softplus:
@@ -160,7 +51,7 @@ def _step_size(delta_row, bias_row, softplus, out):
             out[i] = delta_row[i] + bias_row[i]
 
 
-@njit(nogil=True, **_JIT)
+@njit(nogil=True, **JIT)
 def _forward_tasks(lo, hi, u, delta, a_t, b_in, c_in, d_skip, z, bias, softplus, has_z, chunk,
                    y, h_store):
     """Run tasks ``lo..hi-1`` (task = batch row x channel block) of the forward scan.
@@ -207,7 +98,7 @@ def _forward_tasks(lo, hi, u, delta, a_t, b_in, c_in, d_skip, z, bias, softplus,
                     y[b, t, k, i] = acc[i]
 
 
-@njit(nogil=True, **_JIT)
+@njit(nogil=True, **JIT)
 def _backward_tasks(lo, hi, u, delta, a_t, b_in, c_in, d_skip, z, bias, softplus, has_z, chunk,
                     h_store, dy, du_out, ddelta_out, dz_out, db_part, dc_part, da_part, dd_part,
                     dbias_part):
@@ -278,7 +169,7 @@ def _backward_tasks(lo, hi, u, delta, a_t, b_in, c_in, d_skip, z, bias, softplus
                         sg = _sigmoid(zz)
                         g = dy[b, t, k, i]
                         y_pre = y_ssm[j, i] + d_skip[k, i] * u[b, t, k, i]
-                        dz_out[b, t, k, i] = g * y_pre * sg * (_ONE + zz * (_ONE - sg))
+                        dz_out[b, t, k, i] = g * y_pre * sg * (ONE + zz * (ONE - sg))
                         dys[i] = g * zz * sg
                 else:
                     for i in range(BLOCK):
@@ -321,73 +212,6 @@ def _backward_tasks(lo, hi, u, delta, a_t, b_in, c_in, d_skip, z, bias, softplus
         dbias_part[b, k] = dbias_sum
 
 
-CONV_WIDTH = 4  # the fused conv kernel's taps (mamba's d_conv); narrower weights are zero-padded
-
-
-@njit(nogil=True, **_JIT)
-def _conv_silu_tasks(lo, hi, n_spans, x, w_t, bias, out):
-    """Tasks ``lo..hi-1`` of ``out = SiLU(causal depthwise conv1d(x))`` (no grad).
-
-    A task is one batch row and one of ``n_spans`` token spans. x, out: ``[Bt, L, E]``;
-    w_t: the conv weight transposed and left-padded to CONV_WIDTH taps,
-    ``[CONV_WIDTH, E]`` (the last tap meets the current token); bias: ``[E]``.
-    """
-    length = x.shape[1]
-    n_channels = x.shape[2]
-    span = -(-length // n_spans)
-    for task in range(lo, hi):
-        b = task // n_spans
-        t0 = (task % n_spans) * span
-        t1 = min(length, t0 + span)
-        for t in range(t0, min(t1, CONV_WIDTH - 1)):  # the first tokens see zero padding
-            for i in range(n_channels):
-                s = bias[i] + w_t[3, i] * x[b, t, i]
-                if t >= 1:
-                    s += w_t[2, i] * x[b, t - 1, i]
-                if t >= 2:
-                    s += w_t[1, i] * x[b, t - 2, i]
-                out[b, t, i] = s * _sigmoid(s)
-        for t in range(max(t0, CONV_WIDTH - 1), t1):
-            for i in range(n_channels):
-                s = (bias[i] + w_t[0, i] * x[b, t - 3, i] + w_t[1, i] * x[b, t - 2, i]
-                     + w_t[2, i] * x[b, t - 1, i] + w_t[3, i] * x[b, t, i])
-                out[b, t, i] = s * _sigmoid(s)
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_key: tuple[int, int] = (0, 0)  # (process id, threads): a forked child builds its own
-_pool_lock = threading.Lock()
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    """A thread pool of ``workers`` threads, kept between calls."""
-    global _pool, _pool_key
-    key = (os.getpid(), workers)
-    with _pool_lock:
-        if _pool is None or _pool_key != key:
-            if _pool is not None and _pool_key[0] == key[0]:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix="lightm-scan")
-            _pool_key = key
-        return _pool
-
-
-def _run_tasks(kernel, n_tasks: int, *args) -> None:
-    """Run ``kernel(lo, hi, *args)`` over ``range(n_tasks)`` on torch's number of threads."""
-    workers = min(torch.get_num_threads(), n_tasks)
-    if workers <= 1:
-        kernel(0, n_tasks, *args)
-        return
-    # a few task ranges per thread balance the load when other work shares the cores
-    n_parts = min(n_tasks, 4 * workers)
-    bounds = np.linspace(0, n_tasks, n_parts + 1).astype(int)
-    pool = _executor(workers)
-    futures = [pool.submit(kernel, int(lo), int(hi), *args)
-               for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-    for f in futures:
-        f.result()
-
-
 def _blocks(t: torch.Tensor) -> np.ndarray:
     """A NumPy view with the last (channel) axis split into ``[E / BLOCK, BLOCK]``."""
     return t.detach().numpy().reshape(*t.shape[:-1], t.shape[-1] // BLOCK, BLOCK)
@@ -406,7 +230,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         n_chunks = -(-length // chunk)
         h_store = u.new_empty((bt, n_chunks, n, e) if save else (0, 0, 0, BLOCK))
         z_arr = z if z is not None else u.new_empty(0, 0, BLOCK)
-        _run_tasks(
+        run_tasks(
             _forward_tasks, bt * (e // BLOCK),
             _blocks(u), _blocks(delta), _blocks(a_t), B.detach().numpy(), C.detach().numpy(),
             _blocks(D), _blocks(z_arr), _blocks(delta_bias), bool(delta_softplus),
@@ -434,7 +258,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         dd_part = u.new_empty(bt, e)
         dbias_part = u.new_empty(bt, e)
         z_arr = z if z is not None else u.new_empty(0, 0, BLOCK)
-        _run_tasks(
+        run_tasks(
             _backward_tasks, bt * n_blocks,
             _blocks(u), _blocks(delta), _blocks(a_t), B.detach().numpy(), C.detach().numpy(),
             _blocks(D), _blocks(z_arr), _blocks(delta_bias), ctx.softplus, z is not None,
@@ -448,29 +272,18 @@ class _SelectiveScanCPU(torch.autograd.Function):
         )
 
 
-def selective_scan_cpu(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    chunk: int = DEFAULT_CHUNK,
-) -> torch.Tensor:
-    """Same contract as :func:`selective_scan_reference` (token-major ``[Bt, L, E]``), on CPU.
+def selective_scan_cpu(args: ScanArgs, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """The scan of ``args`` (see :class:`ScanArgs`) on CPU tensors.
 
-    Differentiable in ``u, delta, A, B, C, D, z, delta_bias``. Computes in float32
-    (float64 for float64 ``u``); returns ``y [Bt, L, E]`` in ``u``'s dtype.
-    ``chunk`` is the number of tokens between the states kept for the backward.
+    Differentiable in every tensor argument. Computes in float32 (float64 for float64
+    ``u``); returns ``y [Bt, L, E]`` in ``u``'s dtype. ``chunk`` is the number of tokens
+    between the states kept for the backward.
     """
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus = args
     if u.device.type != "cpu":
         raise ValueError(f"the cpu scan backend needs CPU tensors, got {u.device}")
-    dtype_in = u.dtype
-    work = torch.float64 if dtype_in == torch.float64 else torch.float32
-    bt, length, e = u.shape
+    work = args.work_dtype
+    e = u.shape[-1]
     pad = (-e) % BLOCK
 
     def prep(t: torch.Tensor | None, channel_dim: int = -1) -> torch.Tensor | None:
@@ -492,33 +305,7 @@ def selective_scan_cpu(
     )
     if pad:
         y = y[..., :e]
-    return y.to(dtype_in)
+    return y.to(u.dtype)
 
 
-def causal_conv1d_silu_cpu(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-) -> torch.Tensor:
-    """``SiLU(causal depthwise conv1d(x))`` in the token-major layout, for inference (no grad).
-
-    Args:
-        x: ``[Bt, L, E]`` float32.
-        weight: ``[E, 1, width]`` (``nn.Conv1d(E, E, width, groups=E)``'s weight).
-        bias: ``[E]``.
-
-    Returns ``[Bt, L, E]``; equal to left-padding ``width - 1`` zeros, the depthwise
-    convolution and SiLU, in one pass over memory.
-    """
-    bt, length, e = x.shape
-    width = weight.shape[-1]
-    if x.dtype != torch.float32 or width > CONV_WIDTH:
-        raise ValueError(
-            f"causal_conv1d_silu_cpu needs float32 [Bt, L, E] and at most {CONV_WIDTH} taps; "
-            f"got {x.dtype}, {width} taps"
-        )
-    x = x.contiguous()
-    w_t = F.pad(weight.detach()[:, 0, :].float(), (CONV_WIDTH - width, 0)).t().contiguous()
-    out = torch.empty_like(x)
-    n_spans = max(1, min(4 * torch.get_num_threads(), length // 4096))
-    _run_tasks(_conv_silu_tasks, bt * n_spans, n_spans, x.detach().numpy(), w_t.numpy(),
-               bias.detach().to(torch.float32).contiguous().numpy(), out.numpy())
-    return out
+__all__ = ["BLOCK", "DEFAULT_CHUNK", "selective_scan_cpu"]

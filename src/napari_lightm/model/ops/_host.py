@@ -24,3 +24,16 @@ def pow2(x: int) -> int:
 def on_device(x: torch.Tensor):
     """Launch on ``x``'s GPU (Triton launches on the current device)."""
     return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
+def unit_last(x: torch.Tensor | None) -> torch.Tensor | None:
+    """``x`` with a unit stride on its last axis (a copy only when it has none): the kernels
+    take any batch/token strides but index the last axis contiguously."""
+    if x is None:
+        return None
+    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
+
+
+def bt_strides(x: torch.Tensor | None) -> tuple[int, int]:
+    """The batch and token strides of ``x [Bt, L, ...]``; ``(0, 0)`` for an absent tensor."""
+    return (0, 0) if x is None else (x.stride(0), x.stride(1))
