@@ -33,10 +33,11 @@ def two_checkpoints() -> list[tuple[dict, dict]]:
     return pairs
 
 
-def save_forever(target, pairs) -> None:
-    """Child process: save the two checkpoints in turn (version 2 first) until killed."""
+def save_forever(target, pairs, first: int) -> None:
+    """Child process: save the two checkpoints in turn (``pairs[first]`` first) until
+    killed; starting with the version not on disk makes every completed save visible."""
     try:
-        i = 1
+        i = first
         while True:
             save_checkpoint(target, *pairs[i % 2])
             i += 1
@@ -53,12 +54,12 @@ def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_checkpoint(tmp_pa
     save_checkpoint(target, *pairs[0])
     save_seconds = time.perf_counter() - t0  # kills land over the first ~2 saves of a child
     rng = random.Random(0)
-    versions, leftovers = set(), 0
+    versions, leftovers, on_disk = set(), 0, 1
     for _ in range(ROUNDS):
         pid = os.fork()
         if pid == 0:  # pragma: no cover (child)
-            save_forever(target, pairs)
-        time.sleep(rng.uniform(0.0, 2.5 * save_seconds))
+            save_forever(target, pairs, first=on_disk % 2)  # pairs[v % 2] is version 3 - v
+        time.sleep(rng.uniform(0.0, 3.0 * save_seconds))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         leftovers += len(list(tmp_path.glob(".model.safetensors.*.tmp")))
@@ -68,7 +69,8 @@ def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_checkpoint(tmp_pa
             f"checkpoint version {meta['version']} with weights {weights.unique()[:4]}"
         )
         versions.add(meta["version"])
-    assert versions == {1, 2}, "the child never completed a save: the test tested nothing"
+        on_disk = meta["version"]
+    assert versions == {1, 2}, "no child completed a save: the test tested nothing"
     assert leftovers > 0, "no kill landed inside a save: the test tested nothing"
     assert not list(tmp_path.glob("*.json"))  # no sidecar that could disagree
     save_checkpoint(target, *pairs[1])  # a successful save removes the killed saves' files

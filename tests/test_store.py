@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -140,13 +142,13 @@ def test_failed_save_leaves_the_model_as_it_was(tmp_path, base_seg):
     assert seg.version == 1 and seg.history == history
 
 
-def test_safetensors_errors_become_oserror(tmp_path, base_seg, monkeypatch):
-    from safetensors import SafetensorError
+def test_a_full_disk_leaves_no_version_and_keeps_the_model_as_it_was(
+    tmp_path, base_seg, monkeypatch
+):
+    def full_disk(fd):  # a full disk often shows only when the data is flushed
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    def full_disk(*args, **kwargs):
-        raise SafetensorError("No space left on device (os error 28)")
-
-    monkeypatch.setattr("safetensors.torch.save_file", full_disk)
+    monkeypatch.setattr(os, "fsync", full_disk)
     seg = base_seg.copy()
     with pytest.raises(OSError, match="No space left"):
         store.save_version(seg, "liver", tmp_path)

@@ -7,8 +7,10 @@ written under the user's home folder.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +101,6 @@ def test_failed_version_save_keeps_the_old_model_current(widget, errors, tmp_pat
 def test_session_save_errors_are_one_notification_and_keep_the_old_session(
     widget, errors, tmp_path, monkeypatch
 ):
-    from safetensors import SafetensorError
-
     from napari_lightm.io.session import read_session
 
     widget.labels_layer(create=True)
@@ -108,10 +108,10 @@ def test_session_save_errors_are_one_notification_and_keep_the_old_session(
     widget.save_session(folder)
     before = {p.name: digest(p) for p in folder.iterdir()}
 
-    def full_disk(*args, **kwargs):
-        raise SafetensorError("No space left on device (os error 28)")
+    def full_disk(fd):  # a full disk often shows only when the data is flushed
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("safetensors.torch.save_file", full_disk)
+    monkeypatch.setattr(os, "fsync", full_disk)
     monkeypatch.setattr(
         "qtpy.QtWidgets.QFileDialog.getExistingDirectory", lambda *a, **k: str(folder)
     )
