@@ -31,16 +31,10 @@ def seg2d():
 
 @pytest.fixture
 def setup(seg2d, make_napari_viewer_proxy, tmp_path, monkeypatch):
-    from napari_lightm.io.phantoms import ct_phantom
+    """(viewer, widget, image layer as the widget sees it) with a small CT phantom."""
+    from conftest import ct_widget
 
-    monkeypatch.setenv("NAPARI_LIGHTM_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("NAPARI_LIGHTM_MODELS", str(tmp_path / "models"))
-    image, _, geometry = ct_phantom(seed=0, shape=SHAPE)
-    viewer = make_napari_viewer_proxy(show=False)
-    viewer.add_image(image, name="ct", **geometry.layer_kwargs())
-    _, widget = viewer.window.add_plugin_dock_widget("napari-lightm", "LightM-UNet")
-    widget.model.set_segmenter(seg2d, name="tiny")
-    return viewer, widget, widget.current_image()
+    return ct_widget(make_napari_viewer_proxy, seg2d, SHAPE, tmp_path, monkeypatch)
 
 
 def growing_disc() -> np.ndarray:
