@@ -97,6 +97,21 @@ def interpreted_module(request):
     mp.undo()
 
 
+def ct_widget(make_viewer, segmenter, shape, tmp_path: Path, monkeypatch):
+    """A viewer with a CT phantom of ``shape`` and the docked widget holding ``segmenter``
+    (its home and model store under ``tmp_path``); returns (viewer, widget, image layer)."""
+    from napari_lightm.io.phantoms import ct_phantom
+
+    monkeypatch.setenv("NAPARI_LIGHTM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NAPARI_LIGHTM_MODELS", str(tmp_path / "models"))
+    image, _, geometry = ct_phantom(seed=0, shape=shape)
+    viewer = make_viewer(show=False)
+    viewer.add_image(image, name="ct", **geometry.layer_kwargs())
+    _, widget = viewer.window.add_plugin_dock_widget("napari-lightm", "LightM-UNet")
+    widget.model.set_segmenter(segmenter, name="tiny")
+    return viewer, widget, widget.current_image()
+
+
 def pytest_collection_modifyitems(config, items):
     if any("gui" in item.keywords for item in items):
         # the model (and Triton with it, importable here for the kernel tests) loads

@@ -53,9 +53,9 @@ def test_finetune_on_reviewed_xrays_segments_unseen_patients(jsrt):
     ]
     tuned = finetune(seg, samples, max_steps=STEPS, lr=3e-3, batch_size=4, seed=0)
     after = mean_lung_dice(tuned, test)
-    # measured (2 CPU cores, ~60 s of fine-tuning): 0.23 before, 0.82 after 80 steps on 6
-    # patients with a tiny model (0.79 with one thread, 0.70 with AVX2 kernels; 0.19-0.47
-    # before patches were kept inside the image); benchmarks/jsrt.py trains to 0.97 on a GPU
+    # a tiny model, 80 steps on 6 patients: far from benchmarks/jsrt.py's 0.97, but it must
+    # have learnt lungs that hold on patients it never saw
     assert before < 0.4
+    print(f"mean lung Dice on unseen patients: before {before:.3f}, after {after:.3f}")
     assert after > 0.55, f"mean lung Dice on unseen patients {after:.3f}"
     assert after > before + 0.15, f"mean lung Dice on unseen patients {before:.3f} -> {after:.3f}"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from napari_lightm.engine.metrics import (
+    METRICS,
     EvaluationError,
     dice_iou,
     evaluate_folders,
@@ -47,9 +48,22 @@ def test_ignore_label_and_per_class_rows():
     gt2[0:3, 0:3] = 255  # ignored: a wrong prediction there does not count
     pred[0:3, 0:3] = 1
     m = segmentation_metrics(pred, gt2, ["background", "square"])
-    assert m["square"]["dice"] == 1.0 and set(m["square"]) == {"dice", "iou", "hd95"}
+    assert m["square"]["dice"] == 1.0 and set(m["square"]) == set(METRICS)
     with pytest.raises(EvaluationError, match="shape"):
         segmentation_metrics(pred[:5], gt, ["background", "square"])
+
+
+def test_volumes_in_ml_of_the_prediction_and_the_truth():
+    gt = np.zeros((4, 10, 10), np.uint8)
+    gt[1:3, 2:7, 2:7] = 1  # 50 voxels
+    pred = gt.copy()
+    pred[0, 0, 0] = 1  # 51
+    gt[0, 0, 0] = 255  # ignored voxels count in no volume of the truth
+    gt[3, 9, 9] = 255
+    m = segmentation_metrics(pred, gt, ["background", "liver"], spacing=(2.0, 0.5, 0.5))
+    assert m["liver"]["volume_ml"] == pytest.approx(51 * 0.5 / 1000)  # 0.5 mm^3 voxels
+    assert m["liver"]["true_volume_ml"] == pytest.approx(50 * 0.5 / 1000)
+    assert math.isnan(segmentation_metrics(pred, gt, ["background", "liver"])["liver"]["volume_ml"])
 
 
 def test_evaluate_folders_writes_csv_and_json(tmp_path):
@@ -73,6 +87,7 @@ def test_evaluate_folders_writes_csv_and_json(tmp_path):
     assert result["mean"]["sq"]["dice"] == pytest.approx((1.0 + 0.8) / 2)
     rows = list(csv.DictReader(open(tmp_path / "m.csv")))
     assert [r["case"] for r in rows] == ["c0", "c1", "mean"]
+    assert list(rows[0]) == ["case", "class", *METRICS]
     assert json.loads((tmp_path / "m.json").read_text())["class_names"] == ["background", "sq"]
     with pytest.raises(EvaluationError, match="no file names in common"):
         evaluate_folders(tmp_path / "pred", tmp_path)

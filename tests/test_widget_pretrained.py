@@ -272,14 +272,17 @@ def test_new_model_box_and_summary_follow_the_loaded_model(viewer_widget, tmp_pa
     viewer, widget = viewer_widget
     viewer.add_image(np.zeros((8, 32, 32), np.float32), name="volume")
     panel = widget.model
-    assert panel.dims.currentText() == "3D"  # offered for the volume
+    assert panel.dims.currentText() == "2D"  # the few-slice recipe's model, for a volume too
+    panel.config.setCurrentText("light")
+    viewer.add_image(np.zeros((8, 32, 32), np.float32), name="volume 2")
+    assert panel.dims.currentText() == "3D"  # a 3D model is offered for light and repo
     path = tiny_xray_model().save(tmp_path / "xr2d.safetensors")
     panel.load_path(path)
     assert panel.dims.currentText() == "2D"
     assert panel.classes.text() == "right lung, left lung, heart"
     assert "xr2d" in panel.info.text() and "2D XR" in panel.info.text()
     viewer.add_image(np.zeros((8, 32, 32), np.float32), name="another volume")
-    assert panel.dims.currentText() == "2D"  # the loaded model's, not the image's
+    assert panel.dims.currentText() == "2D"  # the loaded model's, not the image's (3D)
 
 
 def test_a_segmentation_that_changes_nothing_offers_no_undo(

@@ -35,29 +35,32 @@ def seg2d():
 @pytest.fixture
 def setup(seg2d, make_napari_viewer_proxy, tmp_path, monkeypatch):
     """(viewer, widget, image layer as the widget sees it) with a small CT phantom."""
-    from napari_lightm.io.phantoms import ct_phantom
+    from conftest import ct_widget
 
-    monkeypatch.setenv("NAPARI_LIGHTM_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("NAPARI_LIGHTM_MODELS", str(tmp_path / "models"))
-    image, _, geometry = ct_phantom(seed=0, shape=SHAPE)
-    viewer = make_napari_viewer_proxy(show=False)
-    viewer.add_image(image, name="ct", **geometry.layer_kwargs())
-    _, widget = viewer.window.add_plugin_dock_widget("napari-lightm", "LightM-UNet")
-    widget.model.set_segmenter(seg2d, name="tiny")
-    return viewer, widget, widget.current_image()
+    return ct_widget(make_napari_viewer_proxy, seg2d, SHAPE, tmp_path, monkeypatch)
 
 
 def predict_constant(monkeypatch, seg, value: int) -> None:
-    """Make ``seg`` predict ``value`` everywhere (through the worker, as the model does)."""
+    """Make ``seg`` predict ``value`` everywhere (through the worker, as the model does):
+    its labels (Segment) and its logits (Segment unreviewed, the recipe's path)."""
     from napari_lightm.engine.callbacks import Progress
 
-    def iter_predict(image, geometry=None, *, roi=None, cancel=None, **_kwargs):
+    def region_shape(image, roi):
         region = roi or tuple(slice(0, n) for n in image.shape)
-        shape = tuple(len(range(*s.indices(n))) for s, n in zip(region, image.shape))
+        return tuple(len(range(*s.indices(n))) for s, n in zip(region, image.shape))
+
+    def iter_predict(image, geometry=None, *, roi=None, cancel=None, **_kwargs):
         yield Progress(0, 1, "predict")
-        return np.full(shape, value, np.uint8)
+        return np.full(region_shape(image, roi), value, np.uint8)
+
+    def iter_logits(image, geometry=None, *, roi=None, cancel=None, **_kwargs):
+        yield Progress(0, 1, "predict")
+        logits = np.zeros((seg.n_classes, *region_shape(image, roi)), np.float32)
+        logits[value] = 10.0
+        return logits
 
     monkeypatch.setattr(seg, "iter_predict", iter_predict)
+    monkeypatch.setattr(seg, "iter_logits", iter_logits)
 
 
 def wait_idle(qtbot, widget) -> None:

@@ -31,19 +31,15 @@ from napari_lightm._napari._model_panel import CORE_ERRORS
 from napari_lightm._napari._review import find_labels
 from napari_lightm._napari._segment import image_array, layer_geometry
 from napari_lightm._napari._workers import alive
+from napari_lightm.engine.recipe import DEFAULT_RECIPE
 
 if TYPE_CHECKING:
     from napari_lightm._napari._widget import LightMWidget
 
 
-#: learning rates offered; "auto" = the engine's fine-tuning LR for a trained model, and
-#: FROM_SCRATCH_LR for a model that never trained (version 0), which the engine's small
-#: fine-tuning LR moves too slowly (tiny 2D model on the CT phantom, 60 steps on 3
-#: reviewed slices, mean liver Dice of the unreviewed slices over 8 seeds: 0.46 at 3e-4,
-#: 0.50 at 1e-3, 0.64 at 3e-3, 0.74 at 1e-2; on 6 JSRT X-rays, 80 steps, seeds 0 / 1 / 2:
-#: 0.82 / 0.76 / 0.01 at 3e-3, 0.67 / 0.26 / 0.35 at 1e-2)
-LEARNING_RATES = ("auto", "1e-4", "3e-4", "1e-3", "3e-3")
-FROM_SCRATCH_LR = 3e-3
+#: learning rates offered; "auto" = the fine-tuning recipe's (engine.recipe.DEFAULT_RECIPE:
+#: ``lr`` for a model that never trained, ``lr_trained`` after that)
+LEARNING_RATES = ("auto", "1e-4", "3e-4", "1e-3", "3e-3", "1e-2")
 
 
 class NothingReviewedError(ValueError):
@@ -159,8 +155,8 @@ class FinetunePanel(QGroupBox):
         self.lr = QComboBox()
         self.lr.addItems(LEARNING_RATES)
         self.lr.setToolTip(
-            f"learning rate; auto: {FROM_SCRATCH_LR:g} for a new model, the "
-            "engine's fine-tuning rate after that"
+            f"learning rate; auto: the fine-tuning recipe's ({DEFAULT_RECIPE.lr:g} for a new "
+            f"model, {DEFAULT_RECIPE.lr_trained:g} after that), decaying over the budget"
         )
         row.addWidget(QLabel("budget:"))
         row.addWidget(self.max_seconds)
@@ -189,12 +185,10 @@ class FinetunePanel(QGroupBox):
             seconds = 60  # never unbounded from the GUI
         return (steps or None), (float(seconds) or None)
 
-    def learning_rate(self, seg) -> float | None:
-        """The chosen LR; None lets the engine pick its fine-tuning default."""
+    def learning_rate(self) -> float | None:
+        """The chosen LR; None lets the recipe pick it."""
         text = self.lr.currentText()
-        if text != "auto":
-            return float(text)
-        return FROM_SCRATCH_LR if seg.version == 0 and not seg.history else None
+        return None if text == "auto" else float(text)
 
     def start(self) -> bool:
         """Start fine-tuning in the worker; False (with a notification) on bad input."""
@@ -215,7 +209,7 @@ class FinetunePanel(QGroupBox):
             return False
         self._parent = dict(widget.model.history).get(seg.version)  # lineage of the result
         steps, seconds = self.budget()
-        lr = self.learning_rate(seg)
+        lr = self.learning_rate()
         preload_training_modules()
         self.plot.clear()
         self.summary.setText("training on " + "; ".join(used))
@@ -224,7 +218,8 @@ class FinetunePanel(QGroupBox):
         def _gen(token):
             return (
                 yield from iter_finetune(
-                    seg, samples, max_steps=steps, max_seconds=seconds, lr=lr, cancel=token
+                    seg, samples, recipe=DEFAULT_RECIPE, max_steps=steps, max_seconds=seconds,
+                    lr=lr, cancel=token,
                 )
             )
 

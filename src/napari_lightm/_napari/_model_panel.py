@@ -38,7 +38,9 @@ from napari_lightm.engine.store import models_dir, recent_models, split_version
 from napari_lightm.engine.zoo import find_pretrained, is_shipped, pretrained_models
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
-CONFIGS = ("light", "repo")
+#: "few-slice": the fine-tuning recipe's model (engine.recipe.DEFAULT_RECIPE: narrow, at
+#: the recipe's in-plane spacing), what learns most from a few reviewed slices
+CONFIGS = ("few-slice", "light", "repo")
 #: what a slot that calls the core catches and shows as one notification
 CORE_ERRORS = (ValueError, OSError, RuntimeError, SafetensorError)
 #: what every "no model" message says: the ways to get one
@@ -81,6 +83,7 @@ class ModelPanel(QGroupBox):
         self.name = ""
         self.history: list[tuple[int, Path]] = []  # (version, checkpoint path) of this model
         self.modality_hint = "CT"  # of the picked image; the widget keeps it current
+        self.spacing_hint: tuple[float, ...] | None = None  # the picked image's, mm
         self.pretrained_model = None  # the shipped model the current lineage comes from
         self.card_dialog = self.card_view = None  # the last model card shown
         layout = QVBoxLayout(self)
@@ -111,7 +114,11 @@ class ModelPanel(QGroupBox):
         self.dims.setToolTip("3D: one model over the volume; 2D: slice by slice (faster on CPU)")
         self.config = QComboBox()
         self.config.addItems(CONFIGS)
-        self.config.setToolTip("light: f=16 (~1.3M weights); repo: f=32 as the authors' code")
+        self.config.setToolTip(
+            "few-slice: the fine-tuning recipe's model (8 filters, 1.5 mm in-plane; learns "
+            "most from a few reviewed slices); light: f=16 (~1.3M weights); repo: f=32 as "
+            "the authors' code"
+        )
         row = QHBoxLayout()
         row.addWidget(self.dims)
         row.addWidget(self.config)
@@ -194,18 +201,32 @@ class ModelPanel(QGroupBox):
     ):
         """Create an untrained segmenter and make it current.
 
-        ``model_kwargs`` go to ``Segmenter.new`` (e.g. ``init_filters=8``, ``patch_size``).
+        ``config`` "few-slice" builds the fine-tuning recipe's model
+        (:func:`~napari_lightm.engine.recipe.new_segmenter`) for an image of
+        :attr:`spacing_hint`; otherwise ``model_kwargs`` go to ``Segmenter.new`` (e.g.
+        ``init_filters=8``, ``patch_size``).
         """
         from napari_lightm.engine import Segmenter
 
-        seg = Segmenter.new(
-            spatial_dims,
-            class_names,
-            modality=modality,
-            config=config,
-            device=self.device_choice(),
-            **model_kwargs,
-        )
+        if config == "few-slice" and not model_kwargs:
+            from napari_lightm.engine.recipe import DEFAULT_RECIPE, new_segmenter
+
+            seg = new_segmenter(
+                class_names,
+                self.spacing_hint,
+                modality=modality,
+                recipe=DEFAULT_RECIPE.replace(spatial_dims=spatial_dims),
+                device=self.device_choice(),
+            )
+        else:
+            seg = Segmenter.new(
+                spatial_dims,
+                class_names,
+                modality=modality,
+                config="light" if config == "few-slice" else config,
+                device=self.device_choice(),
+                **model_kwargs,
+            )
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.set_segmenter(seg, name=f"{modality.lower()}{spatial_dims}d-{stamp}")
         return seg

@@ -6,6 +6,12 @@ on the main thread, writes the prediction into the image's linked Labels layer a
 one undo step that leaves every truth voxel (reviewed slices, painted voxels, click
 discs) as it is. The labels are found by the image layer's identity, so renaming the
 image while the job runs still writes into its labels.
+
+"Segment unreviewed" runs the few-slice recipe's
+:func:`~napari_lightm.engine.unreviewed.iter_predict_unreviewed` instead: the model
+plus the shape interpolated between reviewed slices and a 3D clean-up, from a snapshot
+of the labels and truth taken when the button is pressed (the same function the API
+and ``lightm`` call).
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ class Job:
     geometry: object
     infer: tuple[slice, ...]
     write: tuple[slice, ...]
+    #: "Segment unreviewed": the labels and truth (copies) the recipe reads
+    labels: np.ndarray | None = None
+    truth: np.ndarray | None = None
 
     def crop(self, prediction: np.ndarray) -> np.ndarray:
         """Cut the ``write`` region out of a prediction over ``infer``."""
@@ -225,6 +234,17 @@ def whole_job(layer, image, geometry) -> Job:
     return Job(layer, image, geometry, region, region)
 
 
+def unreviewed_job(widget: LightMWidget, layer, image, geometry) -> Job:
+    """A whole-image job that also carries the image's labels and truth (copies, so
+    edits made while it runs are not half read); without a Labels layer both are empty."""
+    job = whole_job(layer, image, geometry)
+    labels_layer = find_labels(widget.viewer, layer)
+    if labels_layer is not None and labels_layer.data.shape == image.shape:
+        job.labels = np.array(labels_layer.data, copy=True)
+        job.truth = widget.tracker.truth(labels_layer)
+    return job
+
+
 def find_shapes(viewer):
     """The active Shapes layer, else the top-most one, else None."""
     from napari.layers import Shapes
@@ -252,8 +272,10 @@ def make_jobs(widget: LightMWidget, mode: str) -> list[Job]:
         image = image_array(layer)
         check_model(seg, image, layer.name)
         geometry = layer_geometry(layer)
-        if mode in ("image", "unreviewed"):
+        if mode == "image":
             jobs.append(whole_job(layer, image, geometry))
+        elif mode == "unreviewed":
+            jobs.append(unreviewed_job(widget, layer, image, geometry))
         elif mode == "slice":
             z = current_index(widget.viewer, layer)[0]
             jobs.append(slice_job(layer, image, geometry, z, seg.spatial_dims))
@@ -269,8 +291,16 @@ def make_jobs(widget: LightMWidget, mode: str) -> list[Job]:
 
 def predict_jobs(seg, jobs: list[Job], cancel):
     """Generator (worker thread): yields Progress, returns the cropped predictions."""
+    from napari_lightm.engine.unreviewed import iter_predict_unreviewed
+
     out = []
     for job in jobs:
+        if job.truth is not None and job.truth.any():
+            prediction = yield from iter_predict_unreviewed(
+                seg, job.image, job.geometry, job.labels, job.truth, cancel=cancel
+            )
+            out.append(job.crop(np.asarray(prediction)))
+            continue
         roi = None if job.infer == full_region(job.image.shape) else job.infer
         prediction = yield from seg.iter_predict(job.image, job.geometry, roi=roi, cancel=cancel)
         out.append(job.crop(np.asarray(prediction)))

@@ -357,7 +357,14 @@ class LightMWidget(QWidget):
                 self.model.classes.setText(", ".join(n for n in names if n != "background"))
             modality = (image.metadata.get("geometry") or {}).get("modality", "")
             self.model.modality_hint = modality if modality in ("CT", "MR", "XR") else "CT"
-            self.model.dims.setCurrentText("3D" if image.data.ndim == 3 else "2D")
+            # a volume gets a 3D model only when asked: the few-slice recipe's is 2D
+            few_slice = self.model.config.currentText() == "few-slice"
+            volume = image.data.ndim == 3 and not few_slice
+            self.model.dims.setCurrentText("3D" if volume else "2D")
+            from napari_lightm._napari._segment import layer_geometry
+
+            geometry = layer_geometry(image)
+            self.model.spacing_hint = None if geometry.units == "pixel" else geometry.scale
         self.refresh_spacing()
         self.refresh_review()
 

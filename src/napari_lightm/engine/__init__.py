@@ -3,8 +3,9 @@
 Public API (imported lazily, so ``import napari_lightm.engine`` does not load torch)::
 
     from napari_lightm.engine import (Segmenter, FinetuneSample, finetune, iter_finetune,
-        train, iter_train, evaluate, Preprocessing, pick_device, CancelToken, Cancelled,
-        Progress, CheckpointError)
+        FinetuneRecipe, DEFAULT_RECIPE, new_segmenter, predict_unreviewed,
+        iter_predict_unreviewed, interpolate_labels, train, iter_train, evaluate,
+        Preprocessing, pick_device, CancelToken, Cancelled, Progress, CheckpointError)
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ _LAZY = {
     "FinetuneSample": "finetuning",
     "finetune": "finetuning",
     "iter_finetune": "finetuning",
+    "FinetuneRecipe": "recipe",
+    "DEFAULT_RECIPE": "recipe",
+    "new_segmenter": "recipe",
+    "predict_unreviewed": "unreviewed",
+    "iter_predict_unreviewed": "unreviewed",
+    "interpolate_labels": "interpolation",
     "train": "training",
     "iter_train": "training",
     "TrainConfig": "training",

@@ -1,31 +1,27 @@
 """Fine-tuning from reviewed voxels: what the widget's "Fine-tune" button runs.
 
-Recipe (defaults, chosen by ``benchmarks/finetune_recipe.py`` on the CT phantom, H200:
-a 2D light model pretrained 300 steps on one phantom, then two review rounds of 60 steps
-on 4 reviewed slices each; mean foreground Dice on unreviewed slices / an unseen phantom
-after round 2: lr 1e-4 0.78 / 0.79, 3e-4 0.74 / 0.76, **1e-3 0.89 / 0.90**; replaying
-all samples vs only the newest at 3e-4: 0.74-0.78 vs 0.79-0.83, i.e. no forgetting
-visible on near-identical phantoms in one seed, so replay stays the default for the
-reason cellpose gives, real images differ):
+What the run does is the named recipe :data:`~napari_lightm.engine.recipe.DEFAULT_RECIPE`
+(:class:`~napari_lightm.engine.recipe.FinetuneRecipe`; its docstring lists the choices,
+``benchmarks/hitl.py`` measures them); the widget, :func:`finetune` and ``lightm
+finetune`` all use it unless given another one. In short:
 
 - replay of **all** reviewed samples given (every step draws its patches from all of
   them, not only the newest, so earlier corrections are not forgotten);
 - patches centred (+- a quarter patch) on random reviewed voxels, 1/3 of them on a
-  reviewed foreground voxel, then moved inside the image (or around the whole image where
-  it is smaller than the patch): before that, patches hung over the border and a 64^2
-  slice under a 64^2 patch was half padding (tiny 2D model, CT phantom, 60 steps on 3
-  reviewed slices, 8 seeds: mean liver Dice of the unreviewed slices 0.18 -> 0.64);
-  unreviewed voxels get the ignore label (no gradient);
-- the training augmentation, Dice + CE, AdamW (weight decay 1e-5, eps 1e-5) at a
-  constant LR (:data:`FINETUNE_LR`), gradient clipping 12, float32;
-- a step budget (``max_steps``, default :data:`DEFAULT_STEPS`) and/or a time budget
-  (``max_seconds``); whichever ends first;
-- the patch is the model's, capped on the CPU at :data:`CPU_PATCH` so a step stays
-  interactive.
+  reviewed foreground voxel, kept inside the image; unreviewed voxels get the ignore
+  label (no gradient);
+- between reviewed slices of a volume, a share of the patches comes from the unreviewed
+  slices, labelled by shape interpolation where it is sure (a band around the
+  interpolated boundary is ignored);
+- Dice + CE, AdamW (weight decay 1e-5, eps 1e-5) with the recipe's LR schedule over the
+  budget, gradient clipping 12, float32;
+- a step budget (``max_steps``) and/or a time budget (``max_seconds``); whichever ends
+  first.
 
 The input Segmenter is never changed: the result is a copy with ``version + 1`` and a
 history entry. A new model (no data statistics yet) takes its CT statistics from the
-reviewed voxels of the samples.
+reviewed voxels of the samples; one that never trained and has no spacing of its own
+takes the recipe's model spacing for volumes.
 """
 
 from __future__ import annotations
@@ -46,14 +42,17 @@ from napari_lightm.engine.data import (
     PatchSampler,
     lateral_classes,
 )
-from napari_lightm.engine.losses import IGNORE
-from napari_lightm.engine.preprocessing import as_channels
+from napari_lightm.engine.losses import IGNORE, dice_ce_loss
+from napari_lightm.engine.preprocessing import as_channels, resample_to
+from napari_lightm.engine.recipe import (
+    DEFAULT_RECIPE,
+    FinetuneRecipe,
+    interpolated_targets,
+    untrained,
+)
 from napari_lightm.engine.segmenter import Segmenter, _drain, now
 from napari_lightm.engine.training import make_optimizer, prepare_case, to_tensors, train_step
 
-FINETUNE_LR = 1e-3  # best of 1e-4 / 3e-4 / 1e-3 in the experiment above
-DEFAULT_STEPS = 100
-BATCH_SIZE = 2
 CPU_PATCH = {2: (128, 128), 3: (32, 64, 64)}
 
 
@@ -107,35 +106,78 @@ def _sample_case(seg: Segmenter, s: FinetuneSample, i: int) -> Case:
     return Case(f"sample {i}", image, labels.astype(np.uint8), spacing)
 
 
-def finetune_patch(seg: Segmenter, cases: Sequence[Case], device: torch.device) -> tuple[int, ...]:
-    """Model patch, capped on the CPU and at the (rounded-up) largest sample size."""
-    patch = list(seg.patch_size)
-    if device.type == "cpu":
-        patch = [min(p, c) for p, c in zip(patch, CPU_PATCH[seg.spatial_dims])]
+def finetune_patch(
+    seg: Segmenter, cases: Sequence[Case], device: torch.device, recipe: FinetuneRecipe
+) -> tuple[int, ...]:
+    """Training patch: the recipe's square patch for a 2D model, the model's (capped on the
+    CPU) for a 3D one; never larger than the (rounded-up) largest sample."""
+    if seg.spatial_dims == 2:
+        patch = [recipe.patch, recipe.patch]
+    else:
+        patch = list(seg.patch_size)
+        if device.type == "cpu":
+            patch = [min(p, c) for p, c in zip(patch, CPU_PATCH[3])]
     biggest = np.max([c.labels.shape[-seg.spatial_dims :] for c in cases], axis=0)
     return tuple(int(min(p, int(np.ceil(b / 8)) * 8)) for p, b in zip(patch, biggest))
+
+
+def _centers(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Flat positions of the supervised (not ignored) voxels, at most MAX_FG_INDICES."""
+    pos = np.flatnonzero(labels != IGNORE)
+    if pos.size > MAX_FG_INDICES:
+        pos = np.sort(rng.choice(pos, MAX_FG_INDICES, replace=False))
+    return pos
+
+
+def _shape_case(
+    s: FinetuneSample, raw: Case, prepared: Case, new: Segmenter, recipe: FinetuneRecipe
+) -> Case | None:
+    """The sample's interpolated targets (recipe) as a case sharing the prepared image."""
+    if s.labels.ndim != 3:
+        return None
+    targets = interpolated_targets(s.labels, s.reviewed, raw.spacing, recipe)
+    if targets is None or not np.any(targets != IGNORE):
+        return None
+    if new.spatial_dims == 2:
+        targets = resample_to(targets, raw.spacing[1:], new.preprocessing.spacing, order=0)
+    else:
+        targets = resample_to(targets, raw.spacing, new.preprocessing.spacing, order=0)
+    return Case(f"{raw.name} (shape)", prepared.image, np.ascontiguousarray(targets),
+                raw.spacing)
 
 
 def iter_finetune(
     segmenter: Segmenter,
     samples: Sequence[FinetuneSample],
     *,
+    recipe: FinetuneRecipe | None = None,
     max_steps: int | None = None,
     max_seconds: float | None = None,
     lr: float | None = None,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = None,
     patch_size: Sequence[int] | None = None,
-    augment: bool = True,
+    augment: bool | None = None,
     seed: int = 0,
     cancel: CancelToken | None = None,
 ) -> Generator[Progress, None, Segmenter]:
     """Fine-tune a copy of ``segmenter`` on the reviewed voxels of ``samples``.
+
+    ``recipe`` (default :data:`~napari_lightm.engine.recipe.DEFAULT_RECIPE`) chooses
+    everything the other arguments leave at None: LR (and its schedule), batch size, patch,
+    augmentation, the interpolated targets between reviewed slices, and, for a model that
+    never trained and has no spacing of its own, the model spacing.
+
+    The time budget ``max_seconds`` counts from the first step: the set-up (resampling,
+    interpolation) and one warm-up forward/backward pass (kernel compilation) come before
+    it and are reported in the history (``setup_seconds``, ``warmup_seconds``). The run
+    stops after the step that reaches the budget, so it ends less than one step late.
 
     Yields ``Progress(step, max_steps, stage="finetune", loss=...)`` after each step
     (``total`` is 0 when only a time budget is given; ``message`` shows the seconds).
     Returns the new :class:`Segmenter` (``version + 1``). Raises :class:`Cancelled`
     when ``cancel`` is set (no new version), ValueError for unusable samples.
     """
+    recipe = DEFAULT_RECIPE if recipe is None else recipe
     if not samples:
         raise ValueError("no samples to fine-tune on")
     if max_steps is not None and max_steps < 1:
@@ -143,43 +185,79 @@ def iter_finetune(
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
     if max_steps is None and max_seconds is None:
-        max_steps = DEFAULT_STEPS
+        max_steps = recipe.default_steps
+    t_setup = time.monotonic()
     raw = [_sample_case(segmenter, s, i) for i, s in enumerate(samples)]
     n_reviewed = int(sum(np.count_nonzero(c.labels != IGNORE) for c in raw))
     if n_reviewed == 0:
         raise ValueError("no reviewed voxels: mark slices as reviewed (or edit them) first")
 
     new = segmenter.copy()
+    fresh = untrained(segmenter)
+    volumes = [c for c in raw if c.labels.ndim == 3]
+    if fresh and new.preprocessing.spacing is None and volumes:
+        new.preprocessing.spacing = recipe.model_spacing(volumes[0].spacing, new.spatial_dims)
     if new.preprocessing.stats_from == "default" and new.version == 0:
         new.preprocessing = new.preprocessing.fit(
             [c.image for c in raw], [c.labels for c in raw], seed
         )
     cases = [prepare_case(c, new.preprocessing, new.spatial_dims) for c in raw]
+    shape_cases = [
+        _shape_case(s, r, c, new, recipe) for s, r, c in zip(samples, raw, cases)
+    ] if recipe.pseudo_fraction > 0 else []
+    shape_cases = [c for c in shape_cases if c is not None]
     rng = np.random.default_rng(seed)
-    centers = []
-    for c in cases:
-        pos = np.flatnonzero(c.labels != IGNORE)
-        if pos.size > MAX_FG_INDICES:
-            pos = np.sort(rng.choice(pos, MAX_FG_INDICES, replace=False))
-        centers.append(pos)
+    centers = [_centers(c.labels, rng) for c in cases]
     keep = [i for i, p in enumerate(centers) if p.size]  # samples with reviewed voxels
     cases, centers = [cases[i] for i in keep], [centers[i] for i in keep]
     device = new.device
-    patch = tuple(patch_size) if patch_size else finetune_patch(new, cases, device)
+    patch = (
+        tuple(patch_size) if patch_size else finetune_patch(new, cases, device, recipe)
+    )
     sampler = PatchSampler(cases, patch, new.spatial_dims, rng, centers=centers)
+    shape_sampler = None
+    if shape_cases:
+        shape_sampler = PatchSampler(
+            shape_cases, patch, new.spatial_dims, rng,
+            centers=[_centers(c.labels, rng) for c in shape_cases],
+        )
     gen = torch.Generator().manual_seed(seed)
-    aug = Augmentation(mirror=not lateral_classes(new.class_names)) if augment else None
-    lr = FINETUNE_LR if lr is None else lr
+    augment = recipe.augment if augment is None else augment
+    mirror = recipe.mirror and not lateral_classes(new.class_names)
+    aug = Augmentation(mirror=mirror) if augment else None
+    lr = recipe.learning_rate(fresh) if lr is None else lr
+    batch_size = recipe.batch_size if batch_size is None else batch_size
     opt = make_optimizer(new.model, lr, name="adamw")
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        picks = [
+            shape_sampler is not None and rng.random() < recipe.pseudo_fraction
+            for _ in range(batch_size)
+        ]
+        xs, ys = zip(*((shape_sampler if p else sampler).one() for p in picks))
+        return to_tensors(np.stack(xs), np.stack(ys), device)
+
+    check(cancel)
+    setup = time.monotonic() - t_setup
+    t_warm = time.monotonic()
+    _warm_up(new.model, *batch())
+    warmup = time.monotonic() - t_warm
 
     t0 = time.monotonic()
     losses: list[float] = []
     total = max_steps or 0
     step = 0
+    elapsed = 0.0
     yield Progress(0, total, "finetune", message=f"{n_reviewed} reviewed voxels")
     while True:
         check(cancel)
-        x, y = to_tensors(*sampler.batch(batch_size), device)
+        progress = max(
+            step / max_steps if max_steps else 0.0,
+            elapsed / max_seconds if max_seconds else 0.0,
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr * recipe.lr_factor(progress, step)
+        x, y = batch()
         losses.append(train_step(new.model, opt, x, y, augment=aug, generator=gen))
         step += 1
         elapsed = time.monotonic() - t0
@@ -195,19 +273,34 @@ def iter_finetune(
         {
             "kind": "finetune",
             "time": now(),
+            "recipe": recipe.name,
             "steps": step,
             "seconds": round(elapsed, 1),
+            "setup_seconds": round(setup, 1),
+            "warmup_seconds": round(warmup, 1),
             "lr": lr,
+            "schedule": recipe.schedule,
             "batch_size": batch_size,
             "patch_size": list(patch),
             "samples": len(samples),
             "reviewed_voxels": n_reviewed,
+            "shape_targets": len(shape_cases),
             "first_loss": losses[0],
             "last_loss": losses[-1],
             "from_version": segmenter.version,
         }
     )
     return new
+
+
+def _warm_up(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """A forward/backward pass and a step of a throw-away optimizer with LR 0 (weights
+    unchanged): kernels compile and the optimizer's lazy imports load before the clock."""
+    model.train()
+    loss = dice_ce_loss(model(x), y)
+    loss.backward()
+    make_optimizer(model, 0.0, name="adamw").step()
+    model.zero_grad(set_to_none=True)
 
 
 def finetune(
@@ -221,4 +314,4 @@ def finetune(
     return _drain(iter_finetune(segmenter, samples, **kwargs), progress)
 
 
-__all__ = ["FINETUNE_LR", "FinetuneSample", "finetune", "iter_finetune"]
+__all__ = ["DEFAULT_RECIPE", "FinetuneRecipe", "FinetuneSample", "finetune", "iter_finetune"]

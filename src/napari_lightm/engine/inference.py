@@ -134,7 +134,7 @@ def iter_sliding_window(
         n_classes: logit channels.
         overlap: window overlap fraction (0.5 = nnU-Net / the authors).
         tta: mirroring test-time augmentation.
-        tile_batch: tiles per forward (default 4 on CUDA, 1 elsewhere); halves on OOM.
+        tile_batch: tiles per forward; halves on OOM. Default: :func:`default_tile_batch`.
         precision: on CUDA, ``"tf32"``, ``"bf16"`` or ``"fp32"`` (module docstring).
         cancel: checked between tiles; raises :class:`Cancelled`.
         cuda_graphs: on CUDA, replay each tile batch shape from a captured CUDA graph
@@ -170,7 +170,7 @@ def iter_sliding_window(
     out = torch.zeros((n_planes, n_classes, *padded), dtype=torch.float32, device=home)
     norm = torch.zeros((n_planes, 1, *padded), dtype=torch.float32, device=home)
     flips = mirror_axes(nd, tta)
-    batch = tile_batch or (4 if device.type == "cuda" else 1)
+    batch = tile_batch or default_tile_batch(device, n_planes, window)
     # a capture costs about three forwards (two warm-ups and the recording); it pays off
     # over many model calls (3D 128^3 on an H200: 67 -> 54 ms a call; 2D 512^2: 33 -> 12 ms)
     calls = -(-len(tiles) // batch) * len(flips)
@@ -207,6 +207,21 @@ def iter_sliding_window(
     return out[(slice(None), slice(None), *crop)].cpu().contiguous()
 
 
+#: voxels per forward pass when a 2D model predicts the slices of a volume (several slices
+#: per pass: fewer, larger matrix products and scans)
+SLICE_BATCH_VOXELS = {"cpu": 2**20, "cuda": 2**21}
+
+
+def default_tile_batch(device: torch.device, n_planes: int, window: Sequence[int]) -> int:
+    """Tiles per forward pass: for several planes (a 2D model over a volume) as many
+    slices as fit :data:`SLICE_BATCH_VOXELS`; for one plane 4 on CUDA, 1 elsewhere."""
+    cuda = device.type == "cuda"
+    if n_planes <= 1:
+        return 4 if cuda else 1
+    voxels = SLICE_BATCH_VOXELS["cuda" if cuda else "cpu"]
+    return max(1, min(n_planes, voxels // max(1, math.prod(window))))
+
+
 ACCUMULATE_ON_GPU_FRACTION = 0.25  # of the free GPU memory the volume + sums may take
 
 
@@ -220,4 +235,11 @@ def _accumulation_device(device: torch.device, floats: int) -> torch.device:
     return device if 4 * floats <= ACCUMULATE_ON_GPU_FRACTION * free else torch.device("cpu")
 
 
-__all__ = ["iter_sliding_window", "mirror_axes", "padded_size", "window_size", "window_slices"]
+__all__ = [
+    "default_tile_batch",
+    "iter_sliding_window",
+    "mirror_axes",
+    "padded_size",
+    "window_size",
+    "window_slices",
+]

@@ -75,6 +75,10 @@ def hd95(pred: np.ndarray, gt: np.ndarray, k: int, spacing: Sequence[float] | No
     return float(d.reshape(-1)[0])
 
 
+#: per class, in the order of the CSV's columns
+METRICS = ("dice", "iou", "hd95", "volume_ml", "true_volume_ml")
+
+
 def segmentation_metrics(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -82,17 +86,24 @@ def segmentation_metrics(
     spacing: Sequence[float] | None = None,
     with_hd95: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """``{class name: {"dice", "iou", "hd95"}}`` for every foreground class.
+    """``{class name: {"dice", "iou", "hd95", "volume_ml", "true_volume_ml"}}`` for every
+    foreground class.
 
     Args:
         pred, gt: integer label arrays of one shape (gt 255 = ignore for Dice/IoU).
         class_names: index 0 = background (not reported).
-        spacing: array-order voxel size for HD95 (None = 1 per voxel).
+        spacing: array-order voxel size (mm) for HD95 and the volumes (None = 1 per voxel
+            for HD95). The volumes are NaN without a spacing and for 2D labels.
     """
     if pred.shape != gt.shape:
         raise EvaluationError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
     check_labels(pred, gt, class_names)
     valid = gt != IGNORE
+    voxel_ml = math.nan
+    if spacing is not None and pred.ndim == 3:
+        voxel_ml = math.prod(float(s) for s in spacing) / 1000.0
+    pred_counts = np.bincount(pred.reshape(-1).astype(np.int64), minlength=len(class_names))
+    gt_counts = np.bincount(gt[valid].astype(np.int64), minlength=len(class_names))
     out = {}
     for k, name in enumerate(class_names):
         if k == 0:
@@ -101,6 +112,8 @@ def segmentation_metrics(
         row = {"dice": d, "iou": j}
         if with_hd95:
             row["hd95"] = hd95(pred, np.where(valid, gt, 0), k, spacing)
+        row["volume_ml"] = float(pred_counts[k] * voxel_ml)
+        row["true_volume_ml"] = float(gt_counts[k] * voxel_ml)
         out[name] = row
     return out
 
@@ -173,7 +186,7 @@ def summarize(
     out = {}
     for name in class_names[1:]:
         out[name] = {}
-        for metric in ("dice", "iou", "hd95"):
+        for metric in METRICS:
             v = [
                 r["metrics"][name][metric]
                 for r in rows
@@ -275,10 +288,10 @@ def evaluate_folders(
 
         text = io.StringIO(newline="")
         w = csv.writer(text)
-        w.writerow(["case", "class", "dice", "iou", "hd95"])
+        w.writerow(["case", "class", *METRICS])
         for r in [*rows, {"case": "mean", "metrics": result["mean"]}]:
             for name, v in r["metrics"].items():
-                w.writerow([r["case"], name, *(f"{v[k]:.6g}" for k in ("dice", "iou", "hd95"))])
+                w.writerow([r["case"], name, *(f"{v.get(k, math.nan):.6g}" for k in METRICS)])
         atomic_write_text(out_csv, text.getvalue())
     return result
 
