@@ -115,3 +115,20 @@ def test_segment_unreviewed_fills_between_reviewed_slices_with_their_shape(
     assert not (labels.data[REVIEWED[-1] + 1 :] == 1).any()
     np.testing.assert_array_equal(labels.data[REVIEWED], before[REVIEWED])  # truth kept
     assert labels.data[5, 1, 1] == 2  # the painted voxel of another class too
+
+
+def test_volumes_button_shows_each_class_in_ml(setup):
+    from napari_lightm._napari._segment import layer_geometry
+
+    viewer, widget, layer = setup
+    assert widget.show_volumes() == "no labels yet"
+    labels = widget.labels_layer(create=True)
+    labels.data_setitem((np.full(30, 4), np.arange(30) % 10, np.arange(30) // 10), 1)
+    labels.data_setitem((np.full(5, 7), np.arange(5), np.zeros(5, int)), 2)
+    voxel_ml = np.prod(layer_geometry(layer).scale) / 1000
+    widget.volumes_button.click()
+    text = widget.volumes_label.text()
+    shown = {name: float(v) for name, v, _ in (part.split() for part in text.split(" · "))}
+    assert shown == pytest.approx({"liver": 30 * voxel_ml, "kidney": 5 * voxel_ml}, rel=1e-2)
+    labels.data_setitem((np.full(5, 7), np.arange(5), np.zeros(5, int)), 0)
+    assert "kidney" not in widget.show_volumes()  # an emptied class is not listed

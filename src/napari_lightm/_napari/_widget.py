@@ -148,6 +148,15 @@ class LightMWidget(QWidget):
         self.review_summary = QLabel("no labels yet")
         self.review_summary.setWordWrap(True)
         review_layout.addWidget(self.review_summary)
+        row = QHBoxLayout()
+        self.volumes_button = QPushButton("Volumes")
+        self.volumes_button.setToolTip("volume (ml) of each class in the picked image's labels")
+        self.volumes_button.clicked.connect(self.show_volumes)
+        self.volumes_label = QLabel("")
+        self.volumes_label.setWordWrap(True)
+        row.addWidget(self.volumes_button)
+        row.addWidget(self.volumes_label, 1)
+        review_layout.addLayout(row)
         layout.addWidget(box)
 
         self.finetune = FinetunePanel(self)
@@ -493,6 +502,37 @@ class LightMWidget(QWidget):
             + ("  (current slice reviewed)" if flags[current] else "")
             + (f"; {here} painted/clicked voxels on this slice" if here else "")
         )
+
+    def show_volumes(self) -> str:
+        """Show (and return) the volume in ml of each class in the picked image's labels,
+        from the image's voxel size."""
+        from napari_lightm._napari._segment import layer_geometry
+        from napari_lightm.engine.metrics import class_volumes_ml
+
+        image = self.current_image()
+        labels = find_labels(self.viewer, image) if image is not None else None
+        geometry = layer_geometry(image) if image is not None else None
+        if labels is None:
+            text = "no labels yet"
+        elif labels.data.ndim != 3 or geometry.units == "pixel":
+            text = "volumes need a 3D image with a known voxel size"
+        else:
+            data = np.asarray(labels.data)
+            names = list(labels.metadata.get("class_names") or [])
+            seg = self.model.segmenter
+            if not names and seg is not None:
+                names = list(seg.class_names)
+            n = max(len(names), int(data.max(initial=0)) + 1)
+            names += [f"class {i}" for i in range(len(names), n)]
+            ml = class_volumes_ml(data, n, geometry.scale)
+            text = " · ".join(
+                f"{names[k]} {ml[k]:.1f} ml" if ml[k] >= 10 else f"{names[k]} {ml[k]:.3g} ml"
+                for k in range(1, n)
+                if ml[k] > 0
+            )
+            text = text or "no class in the labels yet"
+        self.volumes_label.setText(text)
+        return text
 
     def _go_to_slice(self, index: int) -> None:
         image = self.current_image()

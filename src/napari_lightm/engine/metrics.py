@@ -75,6 +75,23 @@ def hd95(pred: np.ndarray, gt: np.ndarray, k: int, spacing: Sequence[float] | No
     return float(d.reshape(-1)[0])
 
 
+def class_volumes_ml(
+    labels: np.ndarray,
+    n_classes: int,
+    spacing: Sequence[float] | None,
+    where: np.ndarray | None = None,
+) -> np.ndarray:
+    """float64 ``[n_classes]``: the volume (ml) of each label value ``0..n_classes-1`` in
+    3D ``labels`` of voxel size ``spacing`` (mm), counting only ``where`` when given;
+    NaN without a spacing or for 2D labels (no volume). Other values are not counted."""
+    values = labels[where] if where is not None else labels.reshape(-1)
+    values = values[(values >= 0) & (values < n_classes)].astype(np.int64)
+    counts = np.bincount(values, minlength=n_classes)[:n_classes].astype(np.float64)
+    if spacing is None or labels.ndim != 3:
+        return np.full(n_classes, np.nan)
+    return counts * (math.prod(float(s) for s in spacing) / 1000.0)
+
+
 #: per class, in the order of the CSV's columns
 METRICS = ("dice", "iou", "hd95", "volume_ml", "true_volume_ml")
 
@@ -99,11 +116,8 @@ def segmentation_metrics(
         raise EvaluationError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
     check_labels(pred, gt, class_names)
     valid = gt != IGNORE
-    voxel_ml = math.nan
-    if spacing is not None and pred.ndim == 3:
-        voxel_ml = math.prod(float(s) for s in spacing) / 1000.0
-    pred_counts = np.bincount(pred.reshape(-1).astype(np.int64), minlength=len(class_names))
-    gt_counts = np.bincount(gt[valid].astype(np.int64), minlength=len(class_names))
+    pred_ml = class_volumes_ml(pred, len(class_names), spacing)
+    gt_ml = class_volumes_ml(gt, len(class_names), spacing, where=valid)
     out = {}
     for k, name in enumerate(class_names):
         if k == 0:
@@ -112,8 +126,8 @@ def segmentation_metrics(
         row = {"dice": d, "iou": j}
         if with_hd95:
             row["hd95"] = hd95(pred, np.where(valid, gt, 0), k, spacing)
-        row["volume_ml"] = float(pred_counts[k] * voxel_ml)
-        row["true_volume_ml"] = float(gt_counts[k] * voxel_ml)
+        row["volume_ml"] = float(pred_ml[k])
+        row["true_volume_ml"] = float(gt_ml[k])
         out[name] = row
     return out
 
