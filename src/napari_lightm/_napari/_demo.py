@@ -4,8 +4,9 @@
    truth" layer), else add a small CT phantom;
 2. copy the reference onto 3 evenly spaced slices and mark them *reviewed* (as if
    the user had corrected them);
-3. create a small 2D model (if the current one does not fit; its weights start from a
-   fixed seed) and fine-tune it on those slices for a fixed number of steps;
+3. create the few-slice recipe's model (if the current one does not fit; its weights
+   start from a fixed seed) and fine-tune it on those slices for a fixed number of steps
+   with the recipe;
 4. segment the unreviewed slices.
 
 The budget is steps, not seconds: a model trained for only a few steps labels every
@@ -31,10 +32,6 @@ DEMO_SHAPE = (32, 128, 128)
 DEMO_STEPS = 120
 #: torch seed of the demo model's initial weights (the global RNG is left as it was)
 DEMO_SEED = 0
-DEMO_MODEL = {"init_filters": 8}
-#: the demo model works at this many times the image's in-plane spacing (fewer tokens for
-#: the Mamba layers: 160 x 160 slices become 80 x 80, one window per slice)
-DEMO_ZOOM = 2.0
 N_REVIEWED = 3
 
 
@@ -43,17 +40,6 @@ def demo_slices(n: int, k: int = N_REVIEWED) -> list[int]:
     if n <= k:
         return list(range(n))
     return [int(round(x)) for x in np.linspace(0, n - 1, k + 2)[1:-1]]
-
-
-def demo_model_kwargs(image_layer) -> dict:
-    """``Segmenter.new`` arguments for the demo: :data:`DEMO_MODEL`, a spacing of
-    :data:`DEMO_ZOOM` x the image's in-plane spacing and a patch covering one slice."""
-    from napari_lightm._napari._segment import layer_geometry
-
-    spacing = layer_geometry(image_layer).scale[-2:]
-    plane = image_layer.data.shape[-2:]
-    patch = tuple(max(8, int(np.ceil(n / DEMO_ZOOM / 8)) * 8) for n in plane)
-    return {**DEMO_MODEL, "spacing": tuple(DEMO_ZOOM * s for s in spacing), "patch_size": patch}
 
 
 def find_reference(viewer, image_layer) -> np.ndarray | None:
@@ -88,15 +74,16 @@ def add_phantom(widget: LightMWidget):
 
 
 def new_demo_model(widget: LightMWidget, class_names: list[str], image_layer):
-    """The demo's small 2D CT model, its weights drawn from :data:`DEMO_SEED` (the
-    process's random state is restored afterwards)."""
+    """The few-slice recipe's new model (what "New model" makes), its weights drawn from
+    :data:`DEMO_SEED` (the process's random state is restored afterwards)."""
     import torch
 
+    from napari_lightm._napari._segment import layer_geometry
+
+    widget.model.spacing_hint = layer_geometry(image_layer).scale
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(DEMO_SEED)
-        return widget.model.new_model(
-            2, class_names, modality="CT", **demo_model_kwargs(image_layer)
-        )
+        return widget.model.new_model(2, class_names, modality="CT", config="few-slice")
 
 
 def prepare(widget: LightMWidget):
@@ -117,7 +104,6 @@ def prepare(widget: LightMWidget):
     widget.set_image(image_layer)
     seg = widget.model.segmenter
     if seg is None or list(seg.class_names) != class_names:
-        # a small 2D model at a coarser spacing: what a CPU trains visibly in a minute
         new_demo_model(widget, class_names, image_layer)
     labels = ensure_labels(widget.viewer, image_layer, len(class_names))
     widget.tracker.track(labels)
@@ -156,7 +142,7 @@ def start_demo(widget: LightMWidget) -> bool:
         return False
     widget.finetune.max_seconds.setValue(0)  # no time limit: the steps are the budget
     widget.finetune.max_steps.setValue(DEMO_STEPS)
-    widget.finetune.lr.setCurrentText("auto")  # the from-scratch rate for the new model
+    widget.finetune.lr.setCurrentText("auto")  # the recipe's rate for a new model
 
     def _then_segment(busy: bool) -> None:
         if busy:
