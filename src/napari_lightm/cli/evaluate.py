@@ -14,7 +14,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     names = None
     if args.model:
         from napari_lightm.engine.checkpoint import load_checkpoint
-        from napari_lightm.engine.segmenter import checked_metadata
+        from napari_lightm.engine.metadata import checked_metadata
         from napari_lightm.engine.zoo import resolve_model
 
         _, meta, file = load_checkpoint(resolve_model(args.model))

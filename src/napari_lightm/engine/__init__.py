@@ -17,7 +17,7 @@ from napari_lightm.engine.callbacks import Cancelled, CancelToken, Progress, Pro
 
 _LAZY = {
     "Segmenter": "segmenter",
-    "normalize_roi": "segmenter",
+    "normalize_roi": "inference",
     "FinetuneSample": "finetuning",
     "finetune": "finetuning",
     "iter_finetune": "finetuning",

@@ -235,10 +235,37 @@ def _accumulation_device(device: torch.device, floats: int) -> torch.device:
     return device if 4 * floats <= ACCUMULATE_ON_GPU_FRACTION * free else torch.device("cpu")
 
 
+
+def normalize_roi(roi: Sequence[slice] | None, size: Sequence[int]) -> tuple[slice, ...]:
+    """``roi`` (slices in array coordinates, None = everything) -> one bounded slice per axis.
+
+    Raises ValueError for steps other than 1, too many axes, or an empty region.
+    """
+    if roi is None:
+        roi = ()
+    if isinstance(roi, slice):
+        roi = (roi,)
+    roi = tuple(roi)
+    if len(roi) > len(size):
+        raise ValueError(f"roi has {len(roi)} axes, the image {len(size)}")
+    out = []
+    for axis, n in enumerate(size):
+        s = roi[axis] if axis < len(roi) else slice(None)
+        if not isinstance(s, slice):
+            raise ValueError(f"roi must be a tuple of slices, got {roi!r}")
+        start, stop, step = s.indices(n)
+        if step != 1:
+            raise ValueError(f"roi slices must have step 1, got {s}")
+        if stop <= start:
+            raise ValueError(f"roi {roi!r} is empty along axis {axis} (size {n})")
+        out.append(slice(start, stop))
+    return tuple(out)
+
 __all__ = [
     "default_tile_batch",
     "iter_sliding_window",
     "mirror_axes",
+    "normalize_roi",
     "padded_size",
     "window_size",
     "window_slices",

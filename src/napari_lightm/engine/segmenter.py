@@ -30,11 +30,9 @@ from napari_lightm.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
-    short_repr,
 )
+from napari_lightm.engine.metadata import checked_metadata, state_mismatch
 from napari_lightm.engine.preprocessing import (
-    MAX_SPACING,
-    MIN_SPACING,
     Preprocessing,
     array_spacing,
     as_channels,
@@ -230,7 +228,7 @@ class Segmenter:
                 expected = LightMUNet(**kwargs).state_dict()
         except (TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"checkpoint {file} has unusable metadata: {err}") from err
-        missing, unexpected, wrong = _state_mismatch(expected, state)
+        missing, unexpected, wrong = state_mismatch(expected, state)
         if missing or unexpected or wrong:
             raise CheckpointError(
                 f"weights in {file} do not fit the architecture its metadata describes: "
@@ -452,7 +450,7 @@ class Segmenter:
         """Yields Progress per tile; returns logits float32 ``[n_classes, *region]``."""
         import torch
 
-        from napari_lightm.engine.inference import iter_sliding_window
+        from napari_lightm.engine.inference import iter_sliding_window, normalize_roi
 
         self.check_compatible(image, geometry)
         x = self.preprocessing.normalize(as_channels(image, self.in_channels))  # [C, *S]
@@ -591,145 +589,4 @@ class Segmenter:
         )
 
 
-def normalize_roi(roi: Sequence[slice] | None, size: Sequence[int]) -> tuple[slice, ...]:
-    """``roi`` (slices in array coordinates, None = everything) -> one bounded slice per axis.
-
-    Raises ValueError for steps other than 1, too many axes, or an empty region.
-    """
-    if roi is None:
-        roi = ()
-    if isinstance(roi, slice):
-        roi = (roi,)
-    roi = tuple(roi)
-    if len(roi) > len(size):
-        raise ValueError(f"roi has {len(roi)} axes, the image {len(size)}")
-    out = []
-    for axis, n in enumerate(size):
-        s = roi[axis] if axis < len(roi) else slice(None)
-        if not isinstance(s, slice):
-            raise ValueError(f"roi must be a tuple of slices, got {roi!r}")
-        start, stop, step = s.indices(n)
-        if step != 1:
-            raise ValueError(f"roi slices must have step 1, got {s}")
-        if stop <= start:
-            raise ValueError(f"roi {roi!r} is empty along axis {axis} (size {n})")
-        out.append(slice(start, stop))
-    return tuple(out)
-
-
-# Ranges a checkpoint's metadata must stay in: beyond them a tampered file could make the
-# model or the sliding-window buffers allocate without bound before anything else fails.
-MAX_INIT_FILTERS = 1024
-MAX_STAGES = 6
-MAX_BLOCKS = 16
-MAX_IN_CHANNELS = 64
-MAX_CLASSES = 65536  # labels are uint16 at most
-MAX_PATCH_VOXELS = 2**24  # e.g. 256^3
-MAX_PATCH_SIDE = 4096
-
-
-def checked_metadata(meta: Any, file: Any = "checkpoint") -> tuple[dict, list[str], list[int]]:
-    """Validate checkpoint metadata; returns the LightMUNet arguments, class names and patch.
-
-    Raises :class:`CheckpointError` naming ``file`` and the first unusable field.
-    """
-
-    def fail(what: str) -> CheckpointError:
-        return CheckpointError(f"checkpoint {file} has unusable metadata: {what}")
-
-
-    def integer(value: Any, name: str, lo: int, hi: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise fail(f"{name} must be an integer in {lo}..{hi}, got {short_repr(value)}")
-        return value
-
-    def int_list(value: Any, name: str, lo: int, hi: int, length: range) -> list[int]:
-        if not isinstance(value, list) or len(value) not in length:
-            raise fail(
-                f"{name} must be a list of {length.start}..{length.stop - 1} integers, "
-                f"got {short_repr(value)}"
-            )
-        return [integer(v, name, lo, hi) for v in value]
-
-    if not isinstance(meta, dict):
-        raise fail(f"expected a JSON object, got {type(meta).__name__}")
-    for key in ("architecture", "class_names", "preprocessing", "patch_size"):
-        if key not in meta:
-            raise fail(f"'{key}' is missing")
-    arch = meta["architecture"]
-    if not isinstance(arch, dict):
-        raise fail(f"'architecture' must be an object, got {type(arch).__name__}")
-    for key in ("spatial_dims", "in_channels", "out_channels", "init_filters", "blocks_down",
-                "blocks_up"):
-        if key not in arch:
-            raise fail(f"architecture '{key}' is missing")
-    dims = integer(arch["spatial_dims"], "spatial_dims", 2, 3)
-    filters = integer(arch["init_filters"], "init_filters", 8, MAX_INIT_FILTERS)
-    if filters % 8:
-        raise fail(f"init_filters must be a multiple of 8, got {filters}")
-    down = int_list(arch["blocks_down"], "blocks_down", 0, MAX_BLOCKS, range(1, MAX_STAGES + 1))
-    up = int_list(arch["blocks_up"], "blocks_up", 0, MAX_BLOCKS, range(len(down) - 1, len(down)))
-    kwargs = {
-        "spatial_dims": dims,
-        "in_channels": integer(arch["in_channels"], "in_channels", 1, MAX_IN_CHANNELS),
-        "out_channels": integer(arch["out_channels"], "out_channels", 2, MAX_CLASSES),
-        "init_filters": filters,
-        "blocks_down": down,
-        "blocks_up": up,
-    }
-    names = meta["class_names"]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise fail(f"class_names must be a list of names, got {short_repr(names)}")
-    if len(names) != kwargs["out_channels"] or len(set(names)) != len(names):
-        raise fail(
-            f"{len(names)} class names ({len(set(names))} distinct) for a model with "
-            f"{kwargs['out_channels']} outputs"
-        )
-    divisor = max(8, 2 ** (len(down) - 1))
-    patch = int_list(meta["patch_size"], "patch_size", 1, MAX_PATCH_SIDE, range(dims, dims + 1))
-    if any(p % divisor for p in patch) or int(np.prod(patch)) > MAX_PATCH_VOXELS:
-        raise fail(
-            f"patch_size {patch} must be multiples of {divisor} with at most "
-            f"{MAX_PATCH_VOXELS} voxels"
-        )
-    pre = meta["preprocessing"]
-    if not isinstance(pre, dict):
-        raise fail(f"'preprocessing' must be an object, got {type(pre).__name__}")
-    for key, value in (("spacing", meta.get("spacing")), ("preprocessing spacing",
-                                                          pre.get("spacing"))):
-        if value is None:
-            continue
-        if (
-            not isinstance(value, list)
-            or len(value) != dims
-            or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool)
-                and MIN_SPACING <= v <= MAX_SPACING
-                for v in value
-            )
-        ):
-            raise fail(
-                f"{key} must be {dims} numbers in {MIN_SPACING}..{MAX_SPACING} mm, "
-                f"got {short_repr(value)}"
-            )
-    if pre.get("in_channels", 1) != kwargs["in_channels"]:
-        raise fail(
-            f"preprocessing has {short_repr(pre.get('in_channels'))} input channels, the model "
-            f"{kwargs['in_channels']}"
-        )
-    version = meta.get("version", 0)
-    integer(version, "version", 0, 2**31)
-    history = meta.get("history", [])
-    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
-        raise fail("history must be a list of objects")
-    return kwargs, list(names), patch
-
-
-def _state_mismatch(expected: dict, got: dict) -> tuple[list[str], list[str], list[str]]:
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    wrong = [k for k in expected if k in got and tuple(expected[k].shape) != tuple(got[k].shape)]
-    return missing, unexpected, wrong
-
-
-__all__ = ["DEFAULT_PATCH", "Segmenter", "normalize_roi"]
+__all__ = ["DEFAULT_PATCH", "Segmenter"]
