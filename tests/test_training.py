@@ -22,13 +22,8 @@ from napari_lightm.engine.data import (
     load_dataset,
 )
 from napari_lightm.engine.losses import IGNORE
-from napari_lightm.engine.training import (
-    OLD_STATE_FILE,
-    STATE_FILE,
-    make_optimizer,
-    train,
-    train_step,
-)
+from napari_lightm.engine.train_state import OLD_STATE_FILE, STATE_FILE
+from napari_lightm.engine.training import make_optimizer, train, train_step
 
 TINY = {"init_filters": 8}
 

@@ -24,7 +24,7 @@ from napari_lightm.cli._common import (
 def check_train_output(dataset: Path, out_dir: Path, resume: bool) -> None:
     """Refuse an output folder that is the dataset or one of its image/label folders, and,
     without ``--resume``, one that already holds a training run (it would be replaced)."""
-    from napari_lightm.engine.training import RUN_FILES
+    from napari_lightm.engine.train_state import RUN_FILES
 
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"output folder {out_dir} is a file")
