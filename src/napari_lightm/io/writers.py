@@ -33,15 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from napari_lightm.io._headers import check_nifti_complete
 from napari_lightm.io.atomic import TMP_SUFFIX, atomic_write, fsync_path, keep_mode, temp_path
 from napari_lightm.io.geometry import Geometry, GeometryError
-from napari_lightm.io.readers import (
-    NIFTI_SUFFIXES,
-    ImageReadError,
-    check_nifti_complete,
-    itk_reason,
-    suffix_of,
-)
+from napari_lightm.io.readers import NIFTI_SUFFIXES, ImageReadError, itk_reason, suffix_of
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".dcm")
 
