@@ -1,0 +1,94 @@
+"""Peak memory and time of segmenting big CT volumes on this machine (issue 22's goal:
+a 512 x 512 x 600 CT within 4 GiB of RSS on 2 CPU cores).
+
+Each size runs in a fresh child process (so one size's peak does not hide another's):
+a CT phantom of ``(N, 512, 512)`` at 0.8 x 0.8 mm in-plane and 2.5 mm slices (float32
+HU, as the readers return), then ``Segmenter.predict`` of the few-slice recipe's new
+model (the weights do not change time or memory). Reported: the child's peak RSS after
+building the image and after predicting, and the predict time. The image alone is
+``N x 1 MiB`` of float32.
+
+    python benchmarks/big_volume.py                  # 128, 300, 600 slices on the CPU
+    python benchmarks/big_volume.py --slices 128 --no-record
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def child(n: int, device: str) -> dict:
+    """Run in the child: build the volume, predict, report peak RSS (MiB) and seconds."""
+    import numpy as np
+
+    from napari_lightm.engine.recipe import new_segmenter
+    from napari_lightm.io.phantoms import ct_phantom
+
+    def peak_mib() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    image, _, geometry = ct_phantom(seed=0, shape=(n, 512, 512))
+    image = np.ascontiguousarray(image, np.float32)
+    after_image = peak_mib()
+    seg = new_segmenter(["background", "liver", "kidney"], geometry.scale, device=device)
+    t0 = time.perf_counter()
+    labels = seg.predict(image, geometry)
+    seconds = time.perf_counter() - t0
+    return {"slices": n, "image_mib": image.nbytes / 2**20, "peak_after_image_mib": after_image,
+            "peak_mib": peak_mib(), "predict_s": seconds, "labels_dtype": str(labels.dtype)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--slices", default="128,300,600", help="comma-separated slice counts")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--no-record", action="store_true")
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.device)), flush=True)
+        return 0
+
+    rows = []
+    t0 = time.time()
+    for n in (int(v) for v in args.slices.split(",")):
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(n), "--device", args.device],
+            capture_output=True, text=True,
+        )
+        if out.returncode != 0:
+            rows.append([n, "", "", "", f"failed (exit {out.returncode})"])
+            print(out.stderr[-2000:], file=sys.stderr)
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append([n, round(r["image_mib"]), round(r["peak_after_image_mib"]),
+                     round(r["peak_mib"]), round(r["predict_s"], 1)])
+        print(rows[-1], f"({time.time() - t0:.0f} s)", flush=True)
+    headers = ["slices (512 x 512)", "image MiB", "peak RSS after image, MiB",
+               "peak RSS after predict, MiB", "predict s"]
+    notes = (f"CT phantom (N, 512, 512), 2.5 x 0.8 x 0.8 mm, float32; Segmenter.predict of "
+             f"engine.recipe.new_segmenter (2D, 8 filters, 1.5 mm) on {args.device}; each size "
+             f"in its own process (peak = ru_maxrss). Goal: <= 4096 MiB at 600 slices. "
+             f"{time.time() - t0:.0f} s.")
+    from benchmarks._results import load_note, record, table
+
+    if args.no_record:
+        print(table(headers, rows), "\n", notes)
+    else:
+        record("Big CT volumes: peak memory and time of Segment", headers, rows,
+               notes + " " + load_note())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
