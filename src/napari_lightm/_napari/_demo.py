@@ -73,14 +73,12 @@ def add_phantom(widget: LightMWidget):
     return layer, labels, list(CT_CLASSES)
 
 
-def new_demo_model(widget: LightMWidget, class_names: list[str], image_layer):
-    """The few-slice recipe's new model (what "New model" makes), its weights drawn from
-    :data:`DEMO_SEED` (the process's random state is restored afterwards)."""
+def new_demo_model(widget: LightMWidget, class_names: list[str]):
+    """The few-slice recipe's new model for the picked image (what "New model" makes),
+    its weights drawn from :data:`DEMO_SEED` (the process's random state is restored
+    afterwards)."""
     import torch
 
-    from napari_lightm._napari._segment import layer_geometry
-
-    widget.model.spacing_hint = layer_geometry(image_layer).scale
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(DEMO_SEED)
         return widget.model.new_model(2, class_names, modality="CT", config="few-slice")
@@ -104,7 +102,7 @@ def prepare(widget: LightMWidget):
     widget.set_image(image_layer)
     seg = widget.model.segmenter
     if seg is None or list(seg.class_names) != class_names:
-        new_demo_model(widget, class_names, image_layer)
+        new_demo_model(widget, class_names)
     labels = ensure_labels(widget.viewer, image_layer, len(class_names))
     widget.tracker.track(labels)
     n = reference.shape[0] if reference.ndim == 3 else 1

@@ -203,13 +203,16 @@ class ModelPanel(QGroupBox):
 
         ``config`` "few-slice" builds the fine-tuning recipe's model
         (:func:`~napari_lightm.engine.recipe.new_segmenter`) for an image of
-        :attr:`spacing_hint`; otherwise ``model_kwargs`` go to ``Segmenter.new`` (e.g.
-        ``init_filters=8``, ``patch_size``).
+        :attr:`spacing_hint` (the picked image's); otherwise ``model_kwargs`` go to
+        ``Segmenter.new`` (e.g. ``init_filters=8``, ``patch_size``).
         """
         from napari_lightm.engine import Segmenter
 
-        if config == "few-slice" and not model_kwargs:
+        if config == "few-slice":
             from napari_lightm.engine.recipe import DEFAULT_RECIPE, new_segmenter
+
+            if model_kwargs:
+                raise TypeError(f"the few-slice model takes no {sorted(model_kwargs)}")
 
             seg = new_segmenter(
                 class_names,
@@ -223,7 +226,7 @@ class ModelPanel(QGroupBox):
                 spatial_dims,
                 class_names,
                 modality=modality,
-                config="light" if config == "few-slice" else config,
+                config=config,
                 device=self.device_choice(),
                 **model_kwargs,
             )

@@ -299,10 +299,11 @@ def predict_jobs(seg, jobs: list[Job], cancel):
             prediction = yield from iter_predict_unreviewed(
                 seg, job.image, job.geometry, job.labels, job.truth, cancel=cancel
             )
-            out.append(job.crop(np.asarray(prediction)))
-            continue
-        roi = None if job.infer == full_region(job.image.shape) else job.infer
-        prediction = yield from seg.iter_predict(job.image, job.geometry, roi=roi, cancel=cancel)
+        else:
+            roi = None if job.infer == full_region(job.image.shape) else job.infer
+            prediction = yield from seg.iter_predict(
+                job.image, job.geometry, roi=roi, cancel=cancel
+            )
         out.append(job.crop(np.asarray(prediction)))
     return out
 

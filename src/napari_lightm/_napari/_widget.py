@@ -359,7 +359,12 @@ class LightMWidget(QWidget):
     def _on_image_picked(self) -> None:
         """Offer the picked image's classes and modality for a new model while no model is
         loaded (a loaded model's own dimensions and classes stay shown)."""
+        from napari_lightm._napari._segment import layer_geometry
+
         image = self.current_image()
+        if image is not None:  # what "New model" builds for, with or without a model loaded
+            geometry = layer_geometry(image)
+            self.model.spacing_hint = None if geometry.units == "pixel" else geometry.scale
         if image is not None and self.model.segmenter is None:
             names = image.metadata.get("class_names")
             if names:
@@ -370,10 +375,6 @@ class LightMWidget(QWidget):
             few_slice = self.model.config.currentText() == "few-slice"
             volume = image.data.ndim == 3 and not few_slice
             self.model.dims.setCurrentText("3D" if volume else "2D")
-            from napari_lightm._napari._segment import layer_geometry
-
-            geometry = layer_geometry(image)
-            self.model.spacing_hint = None if geometry.units == "pixel" else geometry.scale
         self.refresh_spacing()
         self.refresh_review()
 
