@@ -1,12 +1,13 @@
 """Peak memory and time of segmenting big CT volumes on this machine (issue 22's goal:
 a 512 x 512 x 600 CT within 4 GiB of RSS on 2 CPU cores).
 
-Each size runs in a fresh child process (so one size's peak does not hide another's):
-a CT phantom of ``(N, 512, 512)`` at 0.8 x 0.8 mm in-plane and 2.5 mm slices (float32
-HU, as the readers return), then ``Segmenter.predict`` of the few-slice recipe's new
-model (the weights do not change time or memory). Reported: the child's peak RSS after
-building the image and after predicting, and the predict time. The image alone is
-``N x 1 MiB`` of float32.
+What ``lightm predict ct.nii.gz`` does, per size in fresh processes: one process writes a
+CT phantom of ``(N, 512, 512)`` at 0.8 x 0.8 mm in-plane and 2.5 mm slices as an int16
+NIfTI in a temporary folder (the phantom generator's own memory is not measured); a
+second reads it with ``read_image`` (float32 HU), segments it with the few-slice recipe's
+new model (``Segmenter.predict``; the weights do not change time or memory) and writes
+the labels with ``write_labels``. Reported: that process's peak RSS after reading and at
+the end, and the predict time. The image as read is ``N x 1 MiB`` of float32.
 
     python benchmarks/big_volume.py                  # 128, 300, 600 slices on the CPU
     python benchmarks/big_volume.py --slices 128 --no-record
@@ -19,6 +20,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,25 +28,37 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def child(n: int, device: str) -> dict:
-    """Run in the child: build the volume, predict, report peak RSS (MiB) and seconds."""
+def make(n: int, path: str) -> None:
+    """Write the phantom of ``n`` slices to ``path`` (int16 NIfTI, as scanners store HU)."""
     import numpy as np
+    import SimpleITK as sitk
 
-    from napari_lightm.engine.recipe import new_segmenter
     from napari_lightm.io.phantoms import ct_phantom
+
+    image, _, geometry = ct_phantom(seed=0, shape=(n, 512, 512))
+    itk = sitk.GetImageFromArray(np.rint(image).astype(np.int16))
+    itk.SetSpacing(tuple(float(v) for v in geometry.spacing))
+    sitk.WriteImage(itk, path)
+
+
+def child(path: str, device: str) -> dict:
+    """Run in the child: read, predict, write; report peak RSS (MiB) and seconds."""
+    from napari_lightm.engine.recipe import new_segmenter
+    from napari_lightm.io import read_image, write_labels
 
     def peak_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
-    image, _, geometry = ct_phantom(seed=0, shape=(n, 512, 512))
-    image = np.ascontiguousarray(image, np.float32)
+    image, geometry = read_image(path)
     after_image = peak_mib()
     seg = new_segmenter(["background", "liver", "kidney"], geometry.scale, device=device)
     t0 = time.perf_counter()
     labels = seg.predict(image, geometry)
     seconds = time.perf_counter() - t0
-    return {"slices": n, "image_mib": image.nbytes / 2**20, "peak_after_image_mib": after_image,
-            "peak_mib": peak_mib(), "predict_s": seconds, "labels_dtype": str(labels.dtype)}
+    write_labels(str(Path(path).with_name("labels.nii.gz")), labels, geometry)
+    return {"slices": image.shape[0], "image_mib": image.nbytes / 2**20,
+            "peak_after_image_mib": after_image, "peak_mib": peak_mib(),
+            "predict_s": seconds, "labels_dtype": str(labels.dtype)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--slices", default="128,300,600", help="comma-separated slice counts")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--make", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
+    if args.make:
+        make(int(args.make[0]), args.make[1])
+        return 0
     if args.child:
         print(json.dumps(child(args.child, args.device)), flush=True)
         return 0
@@ -62,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     t0 = time.time()
     for n in (int(v) for v in args.slices.split(",")):
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(n), "--device", args.device],
-            capture_output=True, text=True,
-        )
+        with tempfile.TemporaryDirectory(prefix="lightm_big_") as tmp:
+            ct = str(Path(tmp) / "ct.nii.gz")
+            subprocess.run([sys.executable, __file__, "--make", str(n), ct], check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", ct, "--device", args.device],
+                capture_output=True, text=True,
+            )
         if out.returncode != 0:
             rows.append([n, "", "", "", f"failed (exit {out.returncode})"])
             print(out.stderr[-2000:], file=sys.stderr)
@@ -74,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([n, round(r["image_mib"]), round(r["peak_after_image_mib"]),
                      round(r["peak_mib"]), round(r["predict_s"], 1)])
         print(rows[-1], f"({time.time() - t0:.0f} s)", flush=True)
-    headers = ["slices (512 x 512)", "image MiB", "peak RSS after image, MiB",
-               "peak RSS after predict, MiB", "predict s"]
-    notes = (f"CT phantom (N, 512, 512), 2.5 x 0.8 x 0.8 mm, float32; Segmenter.predict of "
-             f"engine.recipe.new_segmenter (2D, 8 filters, 1.5 mm) on {args.device}; each size "
-             f"in its own process (peak = ru_maxrss). Goal: <= 4096 MiB at 600 slices. "
-             f"{time.time() - t0:.0f} s.")
+    headers = ["slices (512 x 512)", "image MiB", "peak RSS after reading, MiB",
+               "peak RSS at the end, MiB", "predict s"]
+    notes = (f"CT phantom (N, 512, 512), 2.5 x 0.8 x 0.8 mm, int16 NIfTI; read_image (float32), "
+             f"Segmenter.predict of engine.recipe.new_segmenter (2D, 8 filters, 1.5 mm) on "
+             f"{args.device}, write_labels; each size in its own process (peak = ru_maxrss). "
+             f"Goal: <= 4096 MiB at 600 slices. {time.time() - t0:.0f} s.")
     from benchmarks._results import load_note, record, table
 
     if args.no_record:

@@ -10,6 +10,10 @@ window, as nnU-Net and MONAI) come from MONAI.
 - Spatial sizes are padded (constant 0, i.e. the normalised mean) to a multiple of 8 and
   at least the window; the window is the model's patch size, shrunk to the padded image.
 - Mirroring TTA averages the logits over flips of every subset of spatial axes.
+- A 2D model over a volume runs part by part (:data:`PART_VOXELS` slices at a time):
+  each part is normalised with the whole image's statistics, resampled, predicted and
+  handed to the caller, so memory stays that of one part however many slices the
+  volume has (labels are written as parts finish; nothing else is whole-volume).
 - On CUDA the default precision is ``"tf32"``: float32 activations, TF32 tensor-core
   matmuls and convolutions (what training uses too). ``"bf16"`` autocasts (measured slower
   with our fused kernels on an H200: docs/benchmarks.md), ``"fp32"`` keeps full-precision
@@ -22,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
 from napari_lightm.engine.callbacks import CancelToken, Progress, check
@@ -261,7 +267,99 @@ def normalize_roi(roi: Sequence[slice] | None, size: Sequence[int]) -> tuple[sli
         out.append(slice(start, stop))
     return tuple(out)
 
+#: voxels per channel that :func:`iter_region_logits` normalises and predicts at once when
+#: a 2D model segments the slices of a volume (about 64 MiB of float32 per copy on the
+#: CPU); on a GPU most volumes are one part (one CUDA-graph capture)
+PART_VOXELS = {"cpu": 2**24, "cuda": 2**27}
+ROI_MARGIN_FRACTION = 0.25  # context around a roi, of the patch size per axis
+
+
+def iter_region_logits(
+    segmenter: Any,
+    image: np.ndarray,
+    geometry: Any,
+    consume: Callable[[tuple[slice, ...], np.ndarray], None],
+    *,
+    roi: Sequence[slice] | None = None,
+    overlap: float = 0.5,
+    tta: bool = False,
+    cancel: CancelToken | None = None,
+    tile_batch: int | None = None,
+) -> Generator[Progress, None, tuple[int, ...]]:
+    """The prediction pipeline of :class:`~napari_lightm.engine.Segmenter` (its module
+    docstring has the rules): checks, normalisation with the whole image's statistics,
+    resampling to the model's spacing, sliding windows, resampling back.
+
+    Yields :class:`Progress` per tile batch over the whole region. Calls
+    ``consume(part, logits)`` for each finished part: ``part`` indexes the region's
+    spatial axes, ``logits`` is float32 ``[n_classes, *part shape]`` (the caller may keep
+    or change it). Returns the region's spatial shape. Raises :class:`Cancelled`
+    between tile batches when ``cancel`` is set.
+    """
+    from napari_lightm.engine.preprocessing import as_channels, resample_shape, resample_to
+
+    segmenter.check_compatible(image, geometry)
+    pre = segmenter.preprocessing
+    raw = as_channels(image, segmenter.in_channels)  # [C, *S], a view
+    stats = pre.statistics(raw)
+    size = raw.shape[1:]
+    slice_mode = len(size) == 3 and segmenter.spatial_dims == 2
+    region = normalize_roi(roi, size)
+    margins = [
+        0 if (slice_mode and a == 0)
+        else int(segmenter.patch_size[a - slice_mode] * ROI_MARGIN_FRACTION)
+        for a in range(len(size))
+    ]
+    context = tuple(
+        slice(max(0, r.start - m), min(n, r.stop + m)) for r, m, n in zip(region, margins, size)
+    )
+    inner = tuple(slice(r.start - c.start, r.stop - c.start) for r, c in zip(region, context))
+    spacing, _ = segmenter.input_spacing(size, geometry)
+    segmenter.model.eval()
+
+    def predict(planes: np.ndarray, step: int) -> Generator[Progress, None, np.ndarray]:
+        """planes [P, C, *S] (normalised, native spacing) -> logits [P, K, *S]."""
+        in_plane = planes.shape[2:]
+        planes = resample_to(planes, spacing[slice_mode:], segmenter.spacing, order=1,
+                             antialias=True)
+        windows = iter_sliding_window(
+            segmenter.model, torch.from_numpy(np.ascontiguousarray(planes, np.float32)),
+            segmenter.patch_size, segmenter.n_classes, overlap=overlap, tta=tta,
+            cancel=cancel, tile_batch=tile_batch, precision=segmenter.precision,
+        )
+        while True:  # the part's progress as a share of the whole region's
+            try:
+                p = next(windows)
+            except StopIteration as stop:
+                return resample_shape(stop.value.numpy(), in_plane, order=1)
+            yield Progress(step * p.total + p.done, p.total * n_steps, p.stage)
+
+    if not slice_mode:
+        n_steps = 1
+        x = pre.normalize(raw[(slice(None), *context)], stats)
+        logits = yield from predict(x[None], 0)
+        consume(tuple(slice(None) for _ in size), logits[0][(slice(None), *inner)])
+        return tuple(r.stop - r.start for r in region)
+    z0, z1 = region[0].start, region[0].stop
+    plane_voxels = raw.shape[0] * math.prod(r.stop - r.start for r in context[1:])
+    device = next(segmenter.model.parameters()).device
+    per_part = max(1, PART_VOXELS["cuda" if device.type == "cuda" else "cpu"] // plane_voxels)
+    n_steps = -(-(z1 - z0) // per_part)
+    for step, start in enumerate(range(z0, z1, per_part)):
+        stop = min(z1, start + per_part)
+        x = pre.normalize(raw[(slice(None), slice(start, stop), *context[1:])], stats)
+        planes = np.ascontiguousarray(x.transpose(1, 0, 2, 3))  # [C, Z, ...] -> [Z, C, ...]
+        del x
+        logits = yield from predict(planes, step)  # [Z, K, Y, X]
+        del planes
+        part = logits.transpose(1, 0, 2, 3)[(slice(None), slice(None), *inner[1:])]
+        consume((slice(start - z0, stop - z0),), part)
+    return tuple(r.stop - r.start for r in region)
+
+
 __all__ = [
+    "PART_VOXELS",
+    "iter_region_logits",
     "default_tile_batch",
     "iter_sliding_window",
     "mirror_axes",

@@ -181,20 +181,34 @@ class Preprocessing:
         out.stats_from = "data"
         return out
 
-    def normalize(self, image: np.ndarray) -> np.ndarray:
-        """Intensities to model input: ``[C, *S]`` -> float32 ``[C, *S]`` (finite, within
-        +-:data:`MAX_ABS_Z`, for any finite input)."""
-        out = np.empty(image.shape, dtype=np.float32)
+    def statistics(self, image: np.ndarray) -> list[tuple[float, ...]]:
+        """Per channel of ``image [C, *S]``: ``(low, high, mean, std, scale)``, what
+        :meth:`normalize` maps intensities with. Fixed for CT; read from the whole image
+        otherwise (per-image z-score), so parts normalised with the statistics of their
+        image match the whole image normalised at once."""
+        stats = []
         for c in range(image.shape[0]):
-            x = np.ascontiguousarray(image[c]).reshape(-1)
-            scale = 1.0
             if self.scheme == "ct":
-                lo, hi = self.clip_low[c], self.clip_high[c]
-                mean, std = self.mean[c], self.std[c]
-            else:
-                scale = _safe_scale(x)
-                lo, hi, median = _sample_percentiles(x, (*ZSCORE_PERCENTILES, 50.0), scale)
-                mean, std = clipped_mean_std(x, lo, hi, median, scale)
+                stats.append((self.clip_low[c], self.clip_high[c], self.mean[c], self.std[c],
+                               1.0))
+                continue
+            x = np.ascontiguousarray(image[c]).reshape(-1)
+            scale = _safe_scale(x)
+            lo, hi, median = _sample_percentiles(x, (*ZSCORE_PERCENTILES, 50.0), scale)
+            mean, std = clipped_mean_std(x, lo, hi, median, scale)
+            stats.append((lo, hi, mean, std, scale))
+        return stats
+
+    def normalize(
+        self, image: np.ndarray, stats: Sequence[tuple[float, ...]] | None = None
+    ) -> np.ndarray:
+        """Intensities to model input: ``[C, *S]`` -> float32 ``[C, *S]`` (finite, within
+        +-:data:`MAX_ABS_Z`, for any finite input). ``stats``: from :meth:`statistics`
+        of the whole image when ``image`` is a part of it (default: of ``image``)."""
+        stats = self.statistics(image) if stats is None else stats
+        out = np.empty(image.shape, dtype=np.float32)
+        for c, (lo, hi, mean, std, scale) in enumerate(stats):
+            x = np.ascontiguousarray(image[c]).reshape(-1)
             dst = out[c].reshape(-1)  # a view: out is C-contiguous
             for i in range(0, x.size, BLOCK):
                 v = np.clip(_block(x, i, scale), lo, hi)

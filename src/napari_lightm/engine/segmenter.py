@@ -35,15 +35,11 @@ from napari_lightm.engine.metadata import checked_metadata, state_mismatch
 from napari_lightm.engine.preprocessing import (
     Preprocessing,
     array_spacing,
-    as_channels,
     estimate_spacing,
-    resample_shape,
-    resample_to,
     spacing_is_known,
 )
 
 DEFAULT_PATCH = {2: (256, 256), 3: (64, 128, 128)}
-ROI_MARGIN_FRACTION = 0.25
 
 
 def _drain(gen: Generator[Progress, None, Any], progress: ProgressCallback | None) -> Any:
@@ -401,7 +397,9 @@ class Segmenter:
             )
         if min(image.shape) < 1:
             raise ValueError(f"image is empty (shape {image.shape})")
-        if image.dtype.kind == "f" and not np.isfinite(image).all():
+        if image.dtype.kind == "f" and not all(
+            np.isfinite(image[i : i + 16]).all() for i in range(0, image.shape[0], 16)
+        ):  # in slabs: no whole-volume mask for a whole-body CT
             raise ValueError("image has NaN or infinite voxels")
         if geometry is not None and len(geometry.spacing) != spatial:
             raise ValueError(
@@ -447,49 +445,20 @@ class Segmenter:
         cancel: CancelToken | None = None,
         tile_batch: int | None = None,
     ) -> Generator[Progress, None, np.ndarray]:
-        """Yields Progress per tile; returns logits float32 ``[n_classes, *region]``."""
-        import torch
+        """Yields Progress per tile batch; returns logits float32 ``[n_classes, *region]``
+        (the whole region's: :meth:`iter_predict` keeps only labels)."""
+        from napari_lightm.engine.inference import iter_region_logits, normalize_roi
 
-        from napari_lightm.engine.inference import iter_sliding_window, normalize_roi
+        spatial = image.shape[1:] if self.in_channels > 1 else image.shape
+        shape = tuple(r.stop - r.start for r in normalize_roi(roi, spatial))
+        out = np.empty((self.n_classes, *shape), np.float32)
 
-        self.check_compatible(image, geometry)
-        x = self.preprocessing.normalize(as_channels(image, self.in_channels))  # [C, *S]
-        size = x.shape[1:]
-        slice_mode = len(size) == 3 and self.spatial_dims == 2
-        region = normalize_roi(roi, size)
-        margins = [
-            0
-            if (slice_mode and a == 0)
-            else int(self.patch_size[a - slice_mode] * ROI_MARGIN_FRACTION)
-            for a in range(len(size))
-        ]
-        context = tuple(
-            slice(max(0, r.start - m), min(n, r.stop + m)) for r, m, n in zip(region, margins, size)
-        )
-        x = x[(slice(None), *context)]
-        spacing, _ = self.input_spacing(size, geometry)
-        if slice_mode:  # [C, Z, Y, X] -> planes [Z, C, Y, X]
-            planes, spacing = np.ascontiguousarray(x.transpose(1, 0, 2, 3)), spacing[1:]
-        else:
-            planes = x[None]
-        in_plane = planes.shape[2:]
-        planes = resample_to(planes, spacing, self.spacing, order=1, antialias=True)
-        self.model.eval()
-        logits = yield from iter_sliding_window(
-            self.model,
-            torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)),
-            self.patch_size,
-            self.n_classes,
-            overlap=overlap,
-            tta=tta,
-            cancel=cancel,
-            tile_batch=tile_batch,
-            precision=self.precision,
-        )
-        out = resample_shape(logits.numpy(), in_plane, order=1)  # [P, K, *S]
-        out = out.transpose(1, 0, 2, 3) if slice_mode else out[0]
-        inner = tuple(slice(r.start - c.start, r.stop - c.start) for r, c in zip(region, context))
-        return np.ascontiguousarray(out[(slice(None), *inner)], dtype=np.float32)
+        def keep(part: tuple[slice, ...], logits: np.ndarray) -> None:
+            out[(slice(None), *part)] = logits
+
+        yield from iter_region_logits(self, image, geometry, keep, roi=roi, overlap=overlap,
+                                      tta=tta, cancel=cancel, tile_batch=tile_batch)
+        return out
 
     def iter_predict(
         self,
@@ -502,13 +471,23 @@ class Segmenter:
         cancel: CancelToken | None = None,
         tile_batch: int | None = None,
     ) -> Generator[Progress, None, np.ndarray]:
-        """Yields :class:`Progress` per tile (``stage="predict"``); returns labels
+        """Yields :class:`Progress` per tile batch (``stage="predict"``); returns labels
         (``uint8``, the image's spatial shape, or the roi's shape). Raises
-        :class:`Cancelled` between tiles when ``cancel`` is set."""
-        logits = yield from self.iter_logits(
-            image, geometry, roi=roi, overlap=overlap, tta=tta, cancel=cancel, tile_batch=tile_batch
-        )
-        return logits.argmax(0).astype(self.labels_dtype)
+        :class:`Cancelled` between tile batches when ``cancel`` is set. A 2D model over a
+        volume keeps only the labels of finished slices, not their logits."""
+        from napari_lightm.engine.inference import iter_region_logits, normalize_roi
+
+        self.check_compatible(image, geometry)
+        spatial = image.shape[1:] if self.in_channels > 1 else image.shape
+        shape = tuple(r.stop - r.start for r in normalize_roi(roi, spatial))
+        labels = np.empty(shape, self.labels_dtype)
+
+        def keep(part: tuple[slice, ...], logits: np.ndarray) -> None:
+            labels[part] = logits.argmax(0)
+
+        yield from iter_region_logits(self, image, geometry, keep, roi=roi, overlap=overlap,
+                                      tta=tta, cancel=cancel, tile_batch=tile_batch)
+        return labels
 
     def predict(
         self,
