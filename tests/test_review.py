@@ -207,3 +207,29 @@ def test_a_restored_truth_mask_replaces_the_marks_and_outlives_undo():
     np.testing.assert_array_equal(tracker.truth(layer), saved)
     with pytest.raises(ShapeMismatchError):
         tracker.set_marked_mask(layer, np.zeros((3, 8), bool))
+
+
+def test_a_model_write_keeps_a_compact_undo_step():
+    from napari_lightm._napari._review import _stacks
+
+    shape = (40, 300, 300)  # 3.6 M voxels
+    layer = _labels(shape)
+    tracker = ReviewTracker()
+    tracker.track(layer)
+    prediction = np.zeros(shape, np.uint8)
+    prediction[2:38, 20:280, 20:280] = 1
+    prediction[10:20, 100:200, 100:200] = 2
+    changed = tracker.write(layer, prediction)
+    assert changed == (prediction > 0).sum()
+    undo, _ = _stacks(layer)
+    stored = sum(
+        sum(np.asarray(i).nbytes for i in atom[0]) + np.asarray(atom[1]).nbytes
+        + np.asarray(atom[2]).nbytes
+        for atom in undo[-1]
+    )
+    # 3 uint16 indices + the old and new uint8 values; int64 indices would be 26 bytes
+    assert stored <= 8 * changed
+    layer.undo()
+    assert not layer.data.any()
+    layer.redo()
+    np.testing.assert_array_equal(layer.data, prediction)

@@ -32,6 +32,7 @@ from napari_lightm._napari.annotation import (
     labels_dtype,
     links_to,
     n_slices,
+    region_indices,
 )
 
 __all__ = [
@@ -304,11 +305,10 @@ class ReviewTracker:
             else np.zeros(0, np.intp)
         )
         change = target & (old != values)
-        idx = np.nonzero(change)
-        if idx[0].size == 0:
+        indices = region_indices(change, region, data.shape)  # compact: napari keeps them
+        if indices[0].size == 0:
             ann.set_marked(added)  # no data change, so no undo step: the marks just stay
             return 0
-        indices = tuple(i + s.indices(n)[0] for i, s, n in zip(idx, region, data.shape))
         key = _key(labels_layer)
         self._pending[key] = added
         try:
@@ -318,7 +318,7 @@ class ReviewTracker:
             left = self._pending.pop(key, None)
             if left is not None:  # no history item was announced: keep the marks anyway
                 ann.set_marked(left)
-        return int(idx[0].size)
+        return int(indices[0].size)
 
 
 class ReviewStrip(QWidget):
