@@ -246,13 +246,13 @@ def test_enhanced_multiframe_ct_round_trip(tmp_path):
 def test_organ_names_get_snomed_codes():
     from pydicom.sr.codedict import codes
 
-    from napari_lightm.io.dicom_seg import ORGAN_CODES, _codes
+    from napari_lightm.io._seg_codes import ORGAN_CODES, segment_codes
 
     for keyword in ORGAN_CODES.values():
         assert getattr(codes.SCT, keyword).scheme_designator == "SCT"
-    assert _codes("Right lung")[1] == codes.SCT.Lung
-    assert _codes("kidneys")[1] == codes.SCT.Kidney
-    assert _codes("tumour") == (codes.SCT.Tissue, codes.SCT.Tissue)
+    assert segment_codes("Right lung")[1] == codes.SCT.Lung
+    assert segment_codes("kidneys")[1] == codes.SCT.Kidney
+    assert segment_codes("tumour") == (codes.SCT.Tissue, codes.SCT.Tissue)
 
 
 def test_unnamed_classes_are_numbered_and_empty_labels_round_trip(oblique_series, tmp_path):
