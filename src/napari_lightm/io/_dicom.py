@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_lightm.io._base import ImageReadError, fold_rgb, is_dicom_file, itk_reason
 from napari_lightm.io.geometry import ORTHONORMAL_ATOL, Geometry, GeometryError
-from napari_lightm.io.readers import ImageReadError, fold_rgb, is_dicom_file, itk_reason
 
 # folders are scanned with a bound so that napari's get_reader stays quick on big trees
 MAX_FILES_SCANNED = 20_000

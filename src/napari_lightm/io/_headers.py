@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_lightm.io.readers import ImageReadError, itk_reason, suffix_of
+from napari_lightm.io._base import ImageReadError, itk_reason, suffix_of
 
 # ITK's MetaImage reader handles at most this many dimensions; larger NDims values crash it
 META_MAX_NDIMS = 5

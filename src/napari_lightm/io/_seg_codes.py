@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_lightm.io.writers import LabelWriteError
+from napari_lightm.io._base import LabelWriteError
 
 # organ names (singular, lower case) that have a SNOMED CT concept in pydicom's code
 # dictionary, by the dictionary's keyword; everything else is "Tissue"

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_lightm.io._base import BadWrite, ImageReadError, LabelWriteError, free_bytes
 from napari_lightm.io._seg_codes import (
     segment_class_names,
     segment_descriptions,
@@ -53,8 +54,6 @@ from napari_lightm.io._seg_source import (
 )
 from napari_lightm.io.atomic import atomic_write
 from napari_lightm.io.geometry import Geometry, GeometryError
-from napari_lightm.io.readers import ImageReadError
-from napari_lightm.io.writers import LabelWriteError, _BadWrite, _free_bytes
 
 
 def write_dicom_seg(
@@ -105,7 +104,7 @@ def write_dicom_seg(
     except GeometryError as err:
         raise LabelWriteError(f"{path}: invalid geometry: {err}") from None
     labels = np.asarray(labels)
-    from napari_lightm.io.writers import label_dtype
+    from napari_lightm.io._base import label_dtype
 
     dtype = label_dtype(labels, path)
     source = source_series(geometry, LabelWriteError, path)
@@ -157,9 +156,9 @@ def write_dicom_seg(
 
     try:
         atomic_write(path, write, verify=verify, suffix=".dcm")
-    except (OSError, _BadWrite) as err:
+    except (OSError, BadWrite) as err:
         reason = (err.strerror or str(err)) if isinstance(err, OSError) else str(err)
-        free = _free_bytes(path)
+        free = free_bytes(path)
         if free is not None and free < 1 << 20:
             reason += f"; the disk is full ({free} bytes free)"
         raise LabelWriteError(
@@ -178,17 +177,17 @@ def _check_written(tmp: Path, labels: np.ndarray, source: SourceSeries) -> None:
         seg = hd.seg.segread(str(tmp))
         back = seg_pixels(seg, source)
     except Exception as err:  # highdicom raises many types for a damaged file
-        raise _BadWrite(
+        raise BadWrite(
             f"the written file does not read back as a DICOM-SEG: {one_line(err)}"
         ) from None
     referenced = {str(item.SeriesInstanceUID) for item in seg.ReferencedSeriesSequence}
     if source.series_uid and source.series_uid not in referenced:
-        raise _BadWrite("the written file does not reference the source series")
+        raise BadWrite("the written file does not reference the source series")
     frame_of_reference = source.datasets[0].get("FrameOfReferenceUID")
     if frame_of_reference and seg.get("FrameOfReferenceUID") != frame_of_reference:
-        raise _BadWrite("the written file has another frame of reference than its source")
+        raise BadWrite("the written file has another frame of reference than its source")
     if not np.array_equal(back, labels):
-        raise _BadWrite(
+        raise BadWrite(
             f"the written file reads back with {int(np.sum(back != labels))} voxels that "
             "differ from the labels"
         )

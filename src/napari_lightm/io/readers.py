@@ -37,50 +37,26 @@ than this machine's memory.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_lightm.io._base import (
+    ARRAY_SUFFIXES,
+    DICOM_SUFFIXES,
+    IMAGE_SUFFIXES,
+    META_SUFFIXES,
+    NIFTI_SUFFIXES,
+    PICTURE_SUFFIXES,
+    VOLUME_SUFFIXES,
+    ImageReadError,
+    fold_rgb,
+    is_dicom_file,
+    itk_reason,
+    suffix_of,
+)
 from napari_lightm.io.geometry import Geometry, GeometryError
-
-
-class ImageReadError(ValueError):
-    """A file or folder that cannot be read as an image; the message names it and why."""
-
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-NRRD_SUFFIXES = (".nrrd", ".nhdr")
-META_SUFFIXES = (".mha", ".mhd")
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-VOLUME_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES + META_SUFFIXES
-# plain NumPy arrays (unit spacing): read by the core and the CLI for datasets made by
-# scripts; not offered to napari, whose own reader opens .npy
-ARRAY_SUFFIXES = (".npy",)
-IMAGE_SUFFIXES = VOLUME_SUFFIXES + DICOM_SUFFIXES + PICTURE_SUFFIXES
-
-# ITU-R BT.601 luma weights: how RGB X-ray exports are folded back to one grey channel
-_LUMA = np.array([0.299, 0.587, 0.114])
-
-
-def suffix_of(path: str | os.PathLike) -> str:
-    """Lower-case suffix, with ``.nii.gz`` kept whole (``""`` when none)."""
-    name = Path(path).name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return Path(name).suffix
-
-
-def is_dicom_file(path: str | os.PathLike) -> bool:
-    """True when the file starts with the DICOM preamble (``DICM`` at byte 128)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def can_read(path: str | os.PathLike) -> bool:
@@ -212,22 +188,6 @@ def physical_memory() -> int | None:
         return None
 
 
-# ITK prefixes messages with the object that raised them: "NrrdImageIO(0x55f3f3c497f0): "
-_ITK_OBJECT = re.compile(r"\b\w+\(0x[0-9a-fA-F]+\):\s*")
-
-
-def itk_reason(err: Exception) -> str:
-    """The informative line of an ITK exception (they span several lines), without the
-    address of the ITK object that raised it."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    reason = lines[-1] if lines else type(err).__name__
-    for ln in reversed(lines):
-        if "ERROR:" in ln:
-            reason = ln.split("ERROR:", 1)[1].strip()
-            break
-    return _ITK_OBJECT.sub("", reason).strip(" :") or type(err).__name__
-
-
 def _read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
     """NIfTI / NRRD / MetaImage through SimpleITK, exact header geometry."""
     from napari_lightm.io._headers import (
@@ -293,15 +253,6 @@ def to_grey(image: Any, path: Path) -> np.ndarray:
         f"{path}: {image.GetDimension()}D image with {channels} channels per voxel "
         f"(shape {array.shape}); napari-lightm reads single-channel (grey) images"
     )
-
-
-def fold_rgb(array: np.ndarray, path: Path | None = None) -> np.ndarray:
-    """``[H, W, 3|4]`` colour to ``[H, W]`` grey (alpha dropped). Grey stored as RGB
-    (equal channels) is returned exactly, in its own dtype; real colour becomes float32 luma."""
-    rgb = array[..., :3]
-    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
-        return np.ascontiguousarray(rgb[..., 0])
-    return (rgb.astype(np.float32) @ _LUMA.astype(np.float32)).astype(np.float32)
 
 
 def _read_picture(path: Path) -> tuple[np.ndarray, Geometry]:

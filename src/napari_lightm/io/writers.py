@@ -24,7 +24,6 @@ import contextlib
 import os
 import re
 import secrets
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,10 +32,19 @@ from typing import Any
 
 import numpy as np
 
+from napari_lightm.io._base import (
+    NIFTI_SUFFIXES,
+    BadWrite,
+    ImageReadError,
+    LabelWriteError,
+    free_bytes,
+    itk_reason,
+    label_dtype,
+    suffix_of,
+)
 from napari_lightm.io._headers import check_nifti_complete
 from napari_lightm.io.atomic import TMP_SUFFIX, atomic_write, fsync_path, keep_mode, temp_path
 from napari_lightm.io.geometry import Geometry, GeometryError
-from napari_lightm.io.readers import NIFTI_SUFFIXES, ImageReadError, itk_reason, suffix_of
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".dcm")
 
@@ -44,32 +52,6 @@ LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".dcm")
 # direction as a float32 quaternion; anything larger is a damaged header
 HEADER_RTOL = 1e-6
 HEADER_ATOL = 1e-5
-
-
-class LabelWriteError(ValueError):
-    """Labels that cannot be written as asked; the message names the file and why."""
-
-
-class _BadWrite(Exception):
-    """The written temporary file is not what was asked (reason in the message)."""
-
-
-def label_dtype(labels: np.ndarray, path: str | os.PathLike = "labels") -> np.dtype:
-    """``uint8`` when every value fits, else ``uint16``; refuses negative, fractional or
-    too large values (they are not class indices)."""
-    labels = np.asarray(labels)
-    if labels.dtype == bool:
-        return np.dtype(np.uint8)
-    if labels.dtype.kind not in "iuf":
-        raise LabelWriteError(f"{path}: labels of dtype {labels.dtype} are not class indices")
-    if labels.size == 0:
-        return np.dtype(np.uint8)
-    if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
-        raise LabelWriteError(f"{path}: labels hold fractional values, not class indices")
-    lo, hi = labels.min(), labels.max()
-    if lo < 0 or hi > np.iinfo(np.uint16).max:
-        raise LabelWriteError(f"{path}: label values {lo}..{hi} outside 0..65535")
-    return np.dtype(np.uint8 if hi <= 255 else np.uint16)
 
 
 def write_labels(
@@ -157,9 +139,9 @@ def write_labels(
             _write_mhd_pair(path, write, verify)
         else:
             atomic_write(path, write, verify=verify, suffix=suffix)
-    except (RuntimeError, OSError, _BadWrite) as err:
+    except (RuntimeError, OSError, BadWrite) as err:
         reason = _reason(err, stderr, temporaries)
-        free = _free_bytes(path)
+        free = free_bytes(path)
         if free is not None and free < max(data.nbytes, 1 << 20):
             reason += f"; the disk is full ({free} bytes free)"
         raise LabelWriteError(
@@ -191,20 +173,9 @@ def _reason(err: Exception, stderr: list[str], temporaries: list[str]) -> str:
     return reason.rstrip(" :")
 
 
-def _free_bytes(path: Path) -> int | None:
-    """Free space in the folder of ``path`` (or the nearest existing parent)."""
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return None
-
-
 def check_written(tmp: Path, data: np.ndarray, geometry: Geometry | None) -> None:
     """Read a written label file back: voxels (shape, type, values) equal to ``data`` and,
-    unless ``geometry`` is None, the header's grid equal to it. Raises ``_BadWrite``."""
+    unless ``geometry`` is None, the header's grid equal to it. Raises ``BadWrite``."""
     import SimpleITK as sitk
 
     try:
@@ -212,12 +183,12 @@ def check_written(tmp: Path, data: np.ndarray, geometry: Geometry | None) -> Non
             check_nifti_complete(tmp)  # ITK reads a short NIfTI file without complaint
         image = sitk.ReadImage(str(tmp))
     except ImageReadError as err:
-        raise _BadWrite(f"the written file is damaged: {str(err).split(': ', 1)[-1]}") from None
+        raise BadWrite(f"the written file is damaged: {str(err).split(': ', 1)[-1]}") from None
     except RuntimeError as err:
-        raise _BadWrite(f"the written file cannot be read back: {itk_reason(err)}") from None
+        raise BadWrite(f"the written file cannot be read back: {itk_reason(err)}") from None
     back = sitk.GetArrayFromImage(image)
     if back.shape != data.shape or back.dtype != data.dtype or not np.array_equal(back, data):
-        raise _BadWrite(
+        raise BadWrite(
             f"the written file reads back as {back.dtype} {back.shape} voxels that differ "
             f"from the {data.dtype} {data.shape} labels"
         )
@@ -229,7 +200,7 @@ def check_written(tmp: Path, data: np.ndarray, geometry: Geometry | None) -> Non
         ("direction", image.GetDirection(), geometry.direction),
     ):
         if not np.allclose(got, want, rtol=HEADER_RTOL, atol=HEADER_ATOL):
-            raise _BadWrite(f"the written header has {name} {got} instead of {want}")
+            raise BadWrite(f"the written header has {name} {got} instead of {want}")
 
 
 @contextlib.contextmanager
@@ -288,12 +259,12 @@ def _write_mhd_pair(
         text = tmp_header.read_text(encoding="latin-1")
         text, count = re.subn(r"(?m)^ElementDataFile\s*=.*$", f"ElementDataFile = {raw.name}", text)
         if count != 1:
-            raise _BadWrite("the written .mhd header names no data file")
+            raise BadWrite("the written .mhd header names no data file")
         final_header = temp_path(path)
         with open(final_header, "w", encoding="latin-1") as f:
             f.write(text)
         if final_header.read_text(encoding="latin-1") != text:
-            raise _BadWrite("the .mhd header reads back different")
+            raise BadWrite("the .mhd header reads back different")
         for tmp, target in ((tmp_raw, raw), (final_header, path)):
             keep_mode(tmp, target)
             fsync_path(tmp)
