@@ -11,6 +11,7 @@ that it belongs to this run.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +28,23 @@ from napari_lightm.engine.preprocessing import Preprocessing
 if TYPE_CHECKING:
     from napari_lightm.engine.data import PatchSampler
     from napari_lightm.engine.segmenter import Segmenter
-    from napari_lightm.engine.training import TrainResult
 
 STATE_FILE = "train_state.safetensors"
 OLD_STATE_FILE = "train_state.pt"  # pickle format of earlier versions: never loaded
 RUN_FILES = ("best.safetensors", "last.safetensors", STATE_FILE, OLD_STATE_FILE)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`~napari_lightm.engine.training.iter_train` returns."""
+
+    segmenter: Segmenter
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    val_dice: list[tuple[int, float]] = field(default_factory=list)
+    best_dice: float = float("nan")
+    best_path: Path | None = None
+    last_path: Path | None = None
 
 
 def train_state(

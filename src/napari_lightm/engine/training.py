@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from napari_lightm.engine.preprocessing import Preprocessing, resample_to
 from napari_lightm.engine.segmenter import DEFAULT_PATCH, Segmenter, _drain, now
 from napari_lightm.engine.train_state import (
     STATE_FILE,
+    TrainResult,
     restore_train_state,
     resume_state,
     train_state,
@@ -235,19 +236,6 @@ def init_distributed(device: torch.device) -> Dist:
 
 
 # --- the training loop ----------------------------------------------------------------------
-
-
-@dataclass
-class TrainResult:
-    """What :func:`iter_train` returns."""
-
-    segmenter: Segmenter
-    steps: int
-    losses: list[float] = field(default_factory=list)
-    val_dice: list[tuple[int, float]] = field(default_factory=list)
-    best_dice: float = float("nan")
-    best_path: Path | None = None
-    last_path: Path | None = None
 
 
 def iter_train(
