@@ -28,7 +28,7 @@ from napari_lightm._napari._segment import (
 from napari_lightm._napari.annotation import click_disc
 
 if TYPE_CHECKING:
-    from napari_lightm._napari._widget import LightMWidget
+    from napari_lightm._napari.context import PluginContext
 
 CLICKS_LAYER = "LightM clicks"
 #: window the model sees around a click: (y, x) for 2D models, (z, y, x) for 3D ones
@@ -79,7 +79,7 @@ def relative(index: tuple[int, ...], region: tuple[slice, ...]) -> tuple[int, ..
     return tuple(i - s.start for i, s in zip(index, region))
 
 
-def add_component(widget: LightMWidget, image_layer, index, region, prediction) -> int:
+def add_component(widget: PluginContext, image_layer, index, region, prediction) -> int:
     """Positive click result: add the predicted component under ``index`` and make the
     click's disc truth of that class, as one undo step; returns voxels changed."""
     from napari.utils.notifications import show_info
@@ -99,7 +99,7 @@ def add_component(widget: LightMWidget, image_layer, index, region, prediction) 
     return changed
 
 
-def remove_component(widget: LightMWidget, image_layer, index) -> int:
+def remove_component(widget: PluginContext, image_layer, index) -> int:
     """Negative click: set the labelled component under ``index`` to 0 and make the
     click's disc background truth, as one undo step; returns voxels changed."""
     from napari.utils.notifications import show_info
@@ -136,7 +136,7 @@ def remove_component(widget: LightMWidget, image_layer, index) -> int:
 class ClickController:
     """Owns the clicks Points layer and turns each added point into an edit."""
 
-    def __init__(self, widget: LightMWidget):
+    def __init__(self, widget: PluginContext):
         self.widget = widget
         self.positive = True
         self.layer = None

@@ -24,7 +24,7 @@ import numpy as np
 from napari_lightm._napari._review import ensure_labels, full_region
 
 if TYPE_CHECKING:
-    from napari_lightm._napari._widget import LightMWidget
+    from napari_lightm._napari.context import PluginContext
 
 DEMO_SHAPE = (32, 128, 128)
 #: fine-tuning steps: enough for the tiny model to find the spine as well as the liver
@@ -58,7 +58,7 @@ def find_reference(viewer, image_layer) -> np.ndarray | None:
     return None
 
 
-def add_phantom(widget: LightMWidget):
+def add_phantom(widget: PluginContext):
     """Add the CT phantom image; returns ``(image_layer, reference_labels, class_names)``."""
     from napari_lightm.io.phantoms import CT_CLASSES, ct_phantom
 
@@ -73,7 +73,7 @@ def add_phantom(widget: LightMWidget):
     return layer, labels, list(CT_CLASSES)
 
 
-def new_demo_model(widget: LightMWidget, class_names: list[str]):
+def new_demo_model(widget: PluginContext, class_names: list[str]):
     """The few-slice recipe's new model for the picked image (what "New model" makes),
     its weights drawn from :data:`DEMO_SEED` (the process's random state is restored
     afterwards)."""
@@ -84,7 +84,7 @@ def new_demo_model(widget: LightMWidget, class_names: list[str]):
         return widget.model.new_model(2, class_names, modality="CT", config="few-slice")
 
 
-def prepare(widget: LightMWidget):
+def prepare(widget: PluginContext):
     """Steps 1-3 on the main thread; returns the Labels layer that was prepared."""
     from napari_lightm.io.phantoms import CT_CLASSES
 
@@ -123,7 +123,7 @@ def prepare(widget: LightMWidget):
     return labels
 
 
-def start_demo(widget: LightMWidget) -> bool:
+def start_demo(widget: PluginContext) -> bool:
     """Run the demo: prepare, fine-tune, then segment the unreviewed slices."""
     from napari.utils.notifications import show_error, show_info
     from qtpy.QtCore import QTimer

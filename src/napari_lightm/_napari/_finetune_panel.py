@@ -34,7 +34,7 @@ from napari_lightm._napari._workers import alive
 from napari_lightm.engine.recipe import DEFAULT_RECIPE
 
 if TYPE_CHECKING:
-    from napari_lightm._napari._widget import LightMWidget
+    from napari_lightm._napari.context import PluginContext
 
 
 #: learning rates offered; "auto" = the fine-tuning recipe's (engine.recipe.DEFAULT_RECIPE:
@@ -104,7 +104,7 @@ def preload_training_modules() -> None:
     import torch._dynamo  # noqa: F401
 
 
-def gather_samples(widget: LightMWidget) -> tuple[list, list[str]]:
+def gather_samples(widget: PluginContext) -> tuple[list, list[str]]:
     """``FinetuneSample`` per open image with truth, and a line per image used.
 
     Each sample's ``reviewed`` mask is the image's truth: reviewed slices OR painted
@@ -136,7 +136,7 @@ def gather_samples(widget: LightMWidget) -> tuple[list, list[str]]:
 class FinetunePanel(QGroupBox):
     """Budget, Fine-tune / Segment unreviewed buttons, the loss curve and a summary line."""
 
-    def __init__(self, widget: LightMWidget, parent: QWidget | None = None):
+    def __init__(self, widget: PluginContext, parent: QWidget | None = None):
         super().__init__("Correct && retrain", parent)
         self.widget = widget
         self._parent = None  # checkpoint of the model the running fine-tune started from

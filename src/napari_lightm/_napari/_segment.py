@@ -25,7 +25,7 @@ from napari_lightm._napari._model_panel import NO_MODEL
 from napari_lightm._napari._review import ensure_labels, find_labels, full_region
 
 if TYPE_CHECKING:
-    from napari_lightm._napari._widget import LightMWidget
+    from napari_lightm._napari.context import PluginContext
 
 #: depth of the slab a 3D model sees around one slice (context above and below)
 SLAB_DEPTH = 16
@@ -234,7 +234,7 @@ def whole_job(layer, image, geometry) -> Job:
     return Job(layer, image, geometry, region, region)
 
 
-def unreviewed_job(widget: LightMWidget, layer, image, geometry) -> Job:
+def unreviewed_job(widget: PluginContext, layer, image, geometry) -> Job:
     """A whole-image job that also carries the image's labels and truth (copies, so
     edits made while it runs are not half read); without a Labels layer both are empty."""
     job = whole_job(layer, image, geometry)
@@ -258,7 +258,7 @@ def find_shapes(viewer):
     return None
 
 
-def make_jobs(widget: LightMWidget, mode: str) -> list[Job]:
+def make_jobs(widget: PluginContext, mode: str) -> list[Job]:
     """Jobs for ``mode`` in ``{"image", "slice", "box", "unreviewed"}`` (main thread)."""
     seg = widget.model.segmenter
     if mode == "unreviewed":
@@ -308,7 +308,7 @@ def predict_jobs(seg, jobs: list[Job], cancel):
     return out
 
 
-def apply_predictions(widget: LightMWidget, jobs: list[Job], predictions) -> int:
+def apply_predictions(widget: PluginContext, jobs: list[Job], predictions) -> int:
     """Write each prediction into its image's Labels layer (main thread), truth voxels
     excepted; voxels changed."""
     seg = widget.model.segmenter
@@ -335,7 +335,7 @@ def done_message(changed: int) -> str:
     return f"segmentation written ({changed} voxels changed; Ctrl+Z undoes it)"
 
 
-def start_segment(widget: LightMWidget, mode: str) -> bool:
+def start_segment(widget: PluginContext, mode: str) -> bool:
     """Gather inputs, start the worker; False (with a notification) on bad input."""
     from napari.utils.notifications import show_error, show_info
 

@@ -14,11 +14,11 @@ import numpy as np
 from napari_lightm.io.session import SessionError, SessionImage, read_session, write_session
 
 if TYPE_CHECKING:
-    from napari_lightm._napari._widget import LightMWidget
+    from napari_lightm._napari.context import PluginContext
 
 
 # --- viewer side (main thread) --------------------------------------------------------
-def collect(widget: LightMWidget) -> list[SessionImage]:
+def collect(widget: PluginContext) -> list[SessionImage]:
     """The session state of every image that has a linked Labels layer."""
     from napari_lightm._napari._review import find_labels, reviewed_slices
 
@@ -50,13 +50,13 @@ def _layer_source(layer) -> str | None:
     return str(path) if path else None
 
 
-def save(widget: LightMWidget, folder: str | Path) -> Path:
+def save(widget: PluginContext, folder: str | Path) -> Path:
     """Save the widget's session into ``folder``; returns ``session.json``."""
     model = widget.model
     return write_session(folder, collect(widget), model.segmenter, model.name)
 
 
-def open_session(widget: LightMWidget, folder: str | Path) -> list:
+def open_session(widget: PluginContext, folder: str | Path) -> list:
     """Open a session into the viewer: images (reused when open), labels, reviewed flags
     and the model. Returns the Labels layers.
 
