@@ -227,8 +227,8 @@ def train_and_predict(case, recipe, labels, truth, args, init=None, seconds=None
     import torch
 
     from napari_lightm.engine import FinetuneSample, finetune
+    from napari_lightm.engine.callbacks import drain as _drain
     from napari_lightm.engine.recipe import new_segmenter
-    from napari_lightm.engine.segmenter import _drain
     from napari_lightm.engine.unreviewed import labels_from_logits
 
     if init is None:

@@ -197,8 +197,8 @@ def test_sliding_window_with_cuda_graphs_matches_eager():
 def test_sliding_window_precisions_agree_and_restore_the_tf32_switches():
     """tf32 (the CUDA default) stays close to full fp32, bf16 agrees on most voxels; the
     global TF32 switches come back as they were."""
+    from napari_lightm.engine.callbacks import drain as _drain
     from napari_lightm.engine.inference import iter_sliding_window
-    from napari_lightm.engine.segmenter import _drain
     from napari_lightm.model.cuda_fast import enable_fast_path
 
     torch.manual_seed(0)
@@ -241,7 +241,7 @@ def test_sliding_window_sums_on_the_gpu_or_the_host_agree_with_the_cpu(monkeypat
     import copy
 
     from napari_lightm.engine import inference
-    from napari_lightm.engine.segmenter import _drain
+    from napari_lightm.engine.callbacks import drain as _drain
     from napari_lightm.model.cuda_fast import enable_fast_path
 
     torch.manual_seed(0)

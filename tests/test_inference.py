@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from napari_lightm.engine import Cancelled, CancelToken, Segmenter
+from napari_lightm.engine.callbacks import drain as _drain
 from napari_lightm.engine.inference import iter_sliding_window, window_slices
-from napari_lightm.engine.segmenter import _drain
 from napari_lightm.io import Geometry
 
 

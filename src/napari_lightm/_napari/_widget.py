@@ -1,9 +1,11 @@
 """The dock widget: a QWidget shell that gathers inputs, calls the core and applies results.
 
-The parts live in their own modules: model panel (``_model_panel``), segmentation
-(``_segment``), click-to-segment (``_click``), reviewed slices and undoable writes
-(``_review``), fine-tuning (``_finetune_panel``), sessions (``_session``), the demo
-(``_demo``), the one key table (``_keybindings``) and the worker runner (``_workers``).
+The parts live in their own modules: model panel (``_model_panel``), pixel spacing
+(``_spacing_row``), segmentation (``_segment``), click-to-segment (``_click``), reviewed
+slices and undoable writes (``_review``, ``_review_panel``), fine-tuning
+(``_finetune_panel``), sessions (``_session``), the demo (``_demo``), the one key table
+(``_keybindings``) and the worker runner (``_workers``). They take the widget as a
+:class:`~napari_lightm._napari.context.PluginContext` and never import it.
 """
 
 from __future__ import annotations
@@ -12,11 +14,9 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFrame,
     QGroupBox,
@@ -37,12 +37,13 @@ from napari_lightm._napari._model_panel import CORE_ERRORS, NO_MODEL, ModelPanel
 from napari_lightm._napari._review import (
     IMAGE_ID_KEY,
     IMAGE_KEY,
-    ReviewStrip,
     ReviewTracker,
     ensure_labels,
     find_labels,
     image_id,
 )
+from napari_lightm._napari._review_panel import ReviewPanel
+from napari_lightm._napari._spacing_row import SpacingRow
 from napari_lightm._napari._workers import JobRunner, alive
 from napari_lightm.engine.store import lightm_home
 
@@ -90,21 +91,9 @@ class LightMWidget(QWidget):
         row.addWidget(self.image_picker, 1)
         layout.addLayout(row)
         # pixel spacing: read from the file, else estimated for the model and editable
-        row = QHBoxLayout()
-        row.addWidget(QLabel("spacing:"))
-        self.spacing = QDoubleSpinBox()
-        self.spacing.setDecimals(4)
-        self.spacing.setRange(0.0, 100.0)
-        self.spacing.setSingleStep(0.01)
-        self.spacing.setSuffix(" mm/px")
-        self.spacing.setSpecialValueText("unknown")  # shown at 0: never a silent 1 mm
-        self.spacing.setKeyboardTracking(False)  # one edit when typing ends, not per key
-        self.spacing.setToolTip("in-plane pixel spacing the model is given for this image")
-        row.addWidget(self.spacing)
-        self.spacing_note = QLabel("")
-        self.spacing_note.setWordWrap(True)
-        row.addWidget(self.spacing_note, 1)
-        layout.addLayout(row)
+        self.spacing_row = SpacingRow(self, lambda func, *args: self._guard_io(func, *args))
+        layout.addWidget(self.spacing_row)
+        self.spacing, self.spacing_note = self.spacing_row.box, self.spacing_row.note
 
         self.model = ModelPanel()
         layout.addWidget(self.model)
@@ -138,26 +127,13 @@ class LightMWidget(QWidget):
         seg_layout.addLayout(row)
         layout.addWidget(box)
 
-        # --- review ----------------------------------------------------------------
-        box = QGroupBox("Reviewed slices")
-        review_layout = QVBoxLayout(box)
-        self.mark_button = _button("mark_reviewed")
-        review_layout.addWidget(self.mark_button)
-        self.review_strip = ReviewStrip()
-        review_layout.addWidget(self.review_strip)
-        self.review_summary = QLabel("no labels yet")
-        self.review_summary.setWordWrap(True)
-        review_layout.addWidget(self.review_summary)
-        row = QHBoxLayout()
-        self.volumes_button = QPushButton("Volumes")
-        self.volumes_button.setToolTip("volume (ml) of each class in the picked image's labels")
-        self.volumes_button.clicked.connect(self.show_volumes)
-        self.volumes_label = QLabel("")
-        self.volumes_label.setWordWrap(True)
-        row.addWidget(self.volumes_button)
-        row.addWidget(self.volumes_label, 1)
-        review_layout.addLayout(row)
-        layout.addWidget(box)
+        self.review = ReviewPanel(self, _button("mark_reviewed"))
+        layout.addWidget(self.review)
+        # the box's parts, by the names tests and scripts use
+        self.mark_button, self.review_strip = self.review.mark_button, self.review.strip
+        self.review_summary = self.review.summary
+        self.volumes_button = self.review.volumes_button
+        self.volumes_label = self.review.volumes_label
 
         self.finetune = FinetunePanel(self)
         layout.addWidget(self.finetune)
@@ -228,9 +204,7 @@ class LightMWidget(QWidget):
         self.demo_button.clicked.connect(lambda: self._guard_io(_demo.start_demo, self))
         self.runner.busy_changed.connect(self._on_busy)
         self.image_picker.currentIndexChanged.connect(lambda _i: self._on_image_picked())
-        self.review_strip.slice_clicked.connect(self._go_to_slice)
         self.model.model_changed.connect(lambda _seg: self._on_model_changed())
-        self.spacing.valueChanged.connect(self._on_spacing_edited)
         events = self.viewer.layers.events
         for emitter, callback in (
             (events.inserted, self._on_layers_changed),
@@ -380,46 +354,13 @@ class LightMWidget(QWidget):
 
     # --- pixel spacing ------------------------------------------------------------
     def refresh_spacing(self) -> None:
-        """Show the picked image's pixel spacing: from its file (read only), else the
-        model's estimate or what the user typed (editable), with a note."""
-        from napari_lightm._napari._segment import spacing_state
-
-        if not self.is_open:
-            return
-        image = self.current_image()
-        self.spacing.blockSignals(True)
-        try:
-            if image is None:
-                self.spacing.setValue(0.0)
-                self.spacing.setEnabled(False)
-                self.spacing_note.setText("")
-                return
-            state = spacing_state(image, self.model.segmenter)
-            self.spacing.setValue(state.value or 0.0)
-            self.spacing.setEnabled(state.editable)
-            self.spacing.setReadOnly(not state.editable)
-            self.spacing_note.setText(state.note)
-            self.spacing_note.setToolTip(state.note)
-        finally:
-            self.spacing.blockSignals(False)
+        if self.is_open:
+            self.spacing_row.refresh()
 
     def set_spacing(self, spacing_mm: float, image_layer=None) -> None:
         """Use ``spacing_mm`` (mm per pixel, in-plane) for an image without a spacing of its
-        own (default: the picked one): what Segment, Click and Fine-tune give the model."""
-        from napari_lightm._napari._segment import set_layer_spacing, spacing_state
-
-        layer = image_layer or self.current_image()
-        if layer is None:
-            raise ValueError("open an image first")
-        if not spacing_state(layer, self.model.segmenter).editable:
-            raise ValueError(f"'{layer.name}' has a pixel spacing from its file; it stays")
-        set_layer_spacing(self.viewer, layer, spacing_mm)
-        if layer is self.current_image():
-            self.refresh_spacing()
-
-    def _on_spacing_edited(self, value: float) -> None:
-        if value > 0:
-            self._guard_io(self.set_spacing, value)
+        own (default: the picked one)."""
+        self.spacing_row.set_spacing(spacing_mm, image_layer)
 
     def current_image(self):
         """The picked Image layer (None when no image is open)."""
@@ -464,12 +405,7 @@ class LightMWidget(QWidget):
 
     # --- review -------------------------------------------------------------------
     def current_slice(self) -> int:
-        from napari_lightm._napari._segment import current_index
-
-        image = self.current_image()
-        if image is None or image.data.ndim != 3:
-            return 0
-        return current_index(self.viewer, image)[0]
+        return self.review.current_slice()
 
     def mark_current_reviewed(self) -> None:
         """Mark the current slice (whole image in 2D) reviewed, creating labels if needed."""
@@ -479,71 +415,13 @@ class LightMWidget(QWidget):
 
     def refresh_review(self) -> None:
         """Show the reviewed slices, and the painted / clicked voxels of the current one."""
-        if not self.is_open:
-            return
-        image = self.current_image()
-        labels = find_labels(self.viewer, image) if image is not None else None
-        if labels is None:
-            self.review_strip.set_state(np.zeros(0, bool))
-            self.review_summary.setText("no labels yet: segment, click or paint")
-            return
-        state = self.tracker.annotation(labels)
-        flags = state.reviewed
-        current = self.current_slice()
-        self.review_strip.set_state(flags, current)
-        done = np.flatnonzero(flags).tolist()
-        shown = ", ".join(map(str, done[:12])) + (" …" if len(done) > 12 else "")
-        marked = state.marked()
-        here = 0
-        if marked is not None:
-            here = int(np.count_nonzero(marked[current] if marked.ndim == 3 else marked))
-        self.review_summary.setText(
-            f"{len(done)} / {len(flags)} slices reviewed"
-            + (f": {shown}" if done else "")
-            + ("  (current slice reviewed)" if flags[current] else "")
-            + (f"; {here} painted/clicked voxels on this slice" if here else "")
-        )
+        if self.is_open:
+            self.review.refresh()
 
     def show_volumes(self) -> str:
-        """Show (and return) the volume in ml of each class in the picked image's labels,
-        from the image's voxel size."""
-        from napari_lightm._napari._segment import layer_geometry
-        from napari_lightm.engine.metrics import class_volumes_ml
+        """Show (and return) the volume in ml of each class in the picked image's labels."""
+        return self.review.show_volumes()
 
-        image = self.current_image()
-        labels = find_labels(self.viewer, image) if image is not None else None
-        geometry = layer_geometry(image) if image is not None else None
-        if labels is None:
-            text = "no labels yet"
-        elif labels.data.ndim != 3 or geometry.units == "pixel":
-            text = "volumes need a 3D image with a known voxel size"
-        else:
-            data = np.asarray(labels.data)
-            names = list(labels.metadata.get("class_names") or [])
-            seg = self.model.segmenter
-            if not names and seg is not None:
-                names = list(seg.class_names)
-            n = max(len(names), int(data.max(initial=0)) + 1)
-            names += [f"class {i}" for i in range(len(names), n)]
-            ml = class_volumes_ml(data, n, geometry.scale)
-            text = " · ".join(
-                f"{names[k]} {ml[k]:.1f} ml" if ml[k] >= 10 else f"{names[k]} {ml[k]:.3g} ml"
-                for k in range(1, n)
-                if ml[k] > 0
-            )
-            text = text or "no class in the labels yet"
-        self.volumes_label.setText(text)
-        return text
-
-    def _go_to_slice(self, index: int) -> None:
-        image = self.current_image()
-        if image is None or image.data.ndim != 3:
-            return
-        world = image.data_to_world([index, 0, 0])
-        axis = self.viewer.dims.ndim - 3
-        self.viewer.dims.set_point(axis, float(world[0]))
-
-    # --- clicks -------------------------------------------------------------------
     def enter_click_mode(self) -> None:
         image = self.current_image()
         if image is None:

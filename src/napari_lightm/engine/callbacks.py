@@ -8,8 +8,9 @@ callback that forwards to a worker's ``yield`` and a token its Cancel button set
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 
 class Cancelled(Exception):
@@ -60,4 +61,16 @@ def check(cancel: CancelToken | None) -> None:
         cancel.raise_if_cancelled()
 
 
-__all__ = ["CancelToken", "Cancelled", "Progress", "ProgressCallback", "check", "report"]
+def drain(gen: Generator[Progress, None, Any], progress: ProgressCallback | None) -> Any:
+    """Run a generator to its end, forwarding its Progress to ``progress``; return its value."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(item)
+
+
+__all__ = [
+    "drain","CancelToken", "Cancelled", "Progress", "ProgressCallback", "check", "report"]

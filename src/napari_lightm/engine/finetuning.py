@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_lightm.engine.callbacks import CancelToken, Progress, ProgressCallback, check
+from napari_lightm.engine.callbacks import CancelToken, Progress, ProgressCallback, check, drain
 from napari_lightm.engine.data import (
     MAX_FG_INDICES,
     Augmentation,
@@ -43,6 +43,7 @@ from napari_lightm.engine.data import (
     lateral_classes,
 )
 from napari_lightm.engine.losses import IGNORE, dice_ce_loss
+from napari_lightm.engine.metadata import now
 from napari_lightm.engine.preprocessing import as_channels, resample_to
 from napari_lightm.engine.recipe import (
     DEFAULT_RECIPE,
@@ -50,7 +51,7 @@ from napari_lightm.engine.recipe import (
     interpolated_targets,
     untrained,
 )
-from napari_lightm.engine.segmenter import Segmenter, _drain, now
+from napari_lightm.engine.segmenter import Segmenter
 from napari_lightm.engine.training import make_optimizer, prepare_case, to_tensors, train_step
 
 CPU_PATCH = {2: (128, 128), 3: (32, 64, 64)}
@@ -311,7 +312,7 @@ def finetune(
     **kwargs: Any,
 ) -> Segmenter:
     """Plain form of :func:`iter_finetune` (same arguments); returns the new Segmenter."""
-    return _drain(iter_finetune(segmenter, samples, **kwargs), progress)
+    return drain(iter_finetune(segmenter, samples, **kwargs), progress)
 
 
 __all__ = ["DEFAULT_RECIPE", "FinetuneRecipe", "FinetuneSample", "finetune", "iter_finetune"]

@@ -267,6 +267,38 @@ def normalize_roi(roi: Sequence[slice] | None, size: Sequence[int]) -> tuple[sli
         out.append(slice(start, stop))
     return tuple(out)
 
+def check_image(image: np.ndarray, geometry: Any, in_channels: int, spatial_dims: int) -> None:
+    """Raise ValueError naming what makes ``image`` unusable for a model of
+    ``in_channels`` and ``spatial_dims``."""
+    if not isinstance(image, np.ndarray) or image.dtype.kind not in "biuf":
+        raise ValueError(
+            f"image must be a numeric numpy array, got {type(image).__name__}"
+            + (f" of {image.dtype}" if isinstance(image, np.ndarray) else "")
+        )
+    spatial = image.ndim - (in_channels > 1)
+    if in_channels > 1 and (image.ndim < 3 or image.shape[0] != in_channels):
+        raise ValueError(
+            f"the model takes {in_channels} channels as [C, *S]; "
+            f"got an image of shape {image.shape}"
+        )
+    if spatial not in (2, 3):
+        raise ValueError(f"expected a 2D or 3D grey image, got shape {image.shape}")
+    if spatial < spatial_dims:
+        raise ValueError(
+            f"a 3D model cannot segment a 2D image (shape {image.shape}); use a 2D model"
+        )
+    if min(image.shape) < 1:
+        raise ValueError(f"image is empty (shape {image.shape})")
+    if image.dtype.kind == "f" and not all(
+        np.isfinite(image[i : i + 16]).all() for i in range(0, image.shape[0], 16)
+    ):  # in slabs: no whole-volume mask for a whole-body CT
+        raise ValueError("image has NaN or infinite voxels")
+    if geometry is not None and len(geometry.spacing) != spatial:
+        raise ValueError(
+            f"geometry has {len(geometry.spacing)} axes, the image {spatial} spatial axes"
+        )
+
+
 #: voxels per channel that :func:`iter_region_logits` normalises and predicts at once when
 #: a 2D model segments the slices of a volume (about 64 MiB of float32 per copy on the
 #: CPU); on a GPU most volumes are one part (one CUDA-graph capture)
@@ -359,6 +391,7 @@ def iter_region_logits(
 
 __all__ = [
     "PART_VOXELS",
+    "check_image",
     "iter_region_logits",
     "default_tile_batch",
     "iter_sliding_window",

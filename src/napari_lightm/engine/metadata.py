@@ -9,6 +9,7 @@ tampered file from making the model or the sliding-window buffers allocate witho
 
 from __future__ import annotations
 
+import datetime as _dt
 from typing import Any
 
 import numpy as np
@@ -132,4 +133,36 @@ def state_mismatch(expected: dict, got: dict) -> tuple[list[str], list[str], lis
     return missing, unexpected, wrong
 
 
-__all__ = ["checked_metadata", "state_mismatch"]
+def now() -> str:
+    """UTC time to the second, ISO 8601: what checkpoints record as saved or trained."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def checked_weights(state: dict, meta: dict, file: Any = "checkpoint") -> tuple[dict, list, tuple]:
+    """:func:`checked_metadata`, then the weights' names and shapes compared with the
+    architecture the metadata describes (built on the meta device: nothing allocated), so
+    tampered metadata never allocates more than the weights in the file. Raises
+    :class:`CheckpointError` naming ``file``."""
+    import torch
+
+    from napari_lightm.model import LightMUNet
+
+    kwargs, names, patch = checked_metadata(meta, file)
+    try:
+        with torch.device("meta"):  # shapes only: nothing allocated
+            expected = LightMUNet(**kwargs).state_dict()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {file} has unusable metadata: {err}") from err
+    missing, unexpected, wrong = state_mismatch(expected, state)
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"weights in {file} do not fit the architecture its metadata describes: "
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another "
+            f"shape (e.g. {(missing + unexpected + wrong)[:2]})"
+        )
+    return kwargs, names, patch
+
+
+__all__ = [
+    "checked_weights",
+    "now","checked_metadata", "state_mismatch"]

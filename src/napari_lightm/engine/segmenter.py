@@ -18,20 +18,19 @@ Prediction rules:
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_lightm.engine.callbacks import CancelToken, Progress, ProgressCallback
+from napari_lightm.engine.callbacks import CancelToken, Progress, ProgressCallback, drain
 from napari_lightm.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
 )
-from napari_lightm.engine.metadata import checked_metadata, state_mismatch
+from napari_lightm.engine.metadata import checked_weights, now
 from napari_lightm.engine.preprocessing import (
     Preprocessing,
     array_spacing,
@@ -40,17 +39,6 @@ from napari_lightm.engine.preprocessing import (
 )
 
 DEFAULT_PATCH = {2: (256, 256), 3: (64, 128, 128)}
-
-
-def _drain(gen: Generator[Progress, None, Any], progress: ProgressCallback | None) -> Any:
-    """Run a generator to its end, forwarding its Progress to ``progress``; return its value."""
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(item)
 
 
 def _match_device_path(model: Any) -> None:
@@ -64,10 +52,6 @@ def _match_device_path(model: Any) -> None:
         cuda_fast.enable_fast_path(model)
     else:
         cuda_fast.disable_fast_path(model)
-
-
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class Segmenter:
@@ -213,24 +197,10 @@ class Segmenter:
         built, so tampered metadata never allocates more than the weights in the file;
         raises :class:`CheckpointError` naming ``file`` and the field.
         """
-        import torch
-
         from napari_lightm.model import LightMUNet
 
-        kwargs, names, patch = checked_metadata(meta, file)
+        kwargs, names, patch = checked_weights(state, meta, file)
         arch = meta["architecture"]
-        try:
-            with torch.device("meta"):  # shapes only: nothing allocated
-                expected = LightMUNet(**kwargs).state_dict()
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"checkpoint {file} has unusable metadata: {err}") from err
-        missing, unexpected, wrong = state_mismatch(expected, state)
-        if missing or unexpected or wrong:
-            raise CheckpointError(
-                f"weights in {file} do not fit the architecture its metadata describes: "
-                f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another "
-                f"shape (e.g. {(missing + unexpected + wrong)[:2]})"
-            )
         try:
             model = LightMUNet(**kwargs, scan_backend=scan_backend)
             pre = Preprocessing.from_dict(meta["preprocessing"])
@@ -378,33 +348,9 @@ class Segmenter:
     # --- input checks ---------------------------------------------------------------
     def check_compatible(self, image: np.ndarray, geometry: Any = None) -> None:
         """Raise ValueError naming what makes ``image`` unusable for this model."""
-        if not isinstance(image, np.ndarray) or image.dtype.kind not in "biuf":
-            raise ValueError(
-                f"image must be a numeric numpy array, got {type(image).__name__}"
-                + (f" of {image.dtype}" if isinstance(image, np.ndarray) else "")
-            )
-        spatial = image.ndim - (self.in_channels > 1)
-        if self.in_channels > 1 and (image.ndim < 3 or image.shape[0] != self.in_channels):
-            raise ValueError(
-                f"the model takes {self.in_channels} channels as [C, *S]; "
-                f"got an image of shape {image.shape}"
-            )
-        if spatial not in (2, 3):
-            raise ValueError(f"expected a 2D or 3D grey image, got shape {image.shape}")
-        if spatial < self.spatial_dims:
-            raise ValueError(
-                f"a 3D model cannot segment a 2D image (shape {image.shape}); use a 2D model"
-            )
-        if min(image.shape) < 1:
-            raise ValueError(f"image is empty (shape {image.shape})")
-        if image.dtype.kind == "f" and not all(
-            np.isfinite(image[i : i + 16]).all() for i in range(0, image.shape[0], 16)
-        ):  # in slabs: no whole-volume mask for a whole-body CT
-            raise ValueError("image has NaN or infinite voxels")
-        if geometry is not None and len(geometry.spacing) != spatial:
-            raise ValueError(
-                f"geometry has {len(geometry.spacing)} axes, the image {spatial} spatial axes"
-            )
+        from napari_lightm.engine.inference import check_image
+
+        check_image(image, geometry, self.in_channels, self.spatial_dims)
 
     def input_spacing(
         self, shape: Sequence[int], geometry: Any = None
@@ -502,7 +448,7 @@ class Segmenter:
         tile_batch: int | None = None,
     ) -> np.ndarray:
         """Labels for ``image`` (see :meth:`iter_predict`)."""
-        return _drain(
+        return drain(
             self.iter_predict(
                 image,
                 geometry,
@@ -548,7 +494,7 @@ class Segmenter:
         tile_batch: int | None = None,
     ) -> np.ndarray:
         """Class probabilities float32 ``[n_classes, *region]``."""
-        return _drain(
+        return drain(
             self.iter_predict_proba(
                 image,
                 geometry,

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from napari_lightm._triton_guard import keep_triton_out
-from napari_lightm.engine.callbacks import CancelToken, Progress, ProgressCallback, check
+from napari_lightm.engine.callbacks import CancelToken, Progress, ProgressCallback, check, drain
 from napari_lightm.engine.checkpoint import (
     save_train_state,
 )
@@ -50,9 +50,10 @@ from napari_lightm.engine.data import (
 )
 from napari_lightm.engine.inference import iter_sliding_window
 from napari_lightm.engine.losses import IGNORE, dice_ce_loss
+from napari_lightm.engine.metadata import now
 from napari_lightm.engine.metrics import mean_dice
 from napari_lightm.engine.preprocessing import Preprocessing, resample_to
-from napari_lightm.engine.segmenter import DEFAULT_PATCH, Segmenter, _drain, now
+from napari_lightm.engine.segmenter import DEFAULT_PATCH, Segmenter
 from napari_lightm.engine.train_state import (
     STATE_FILE,
     TrainResult,
@@ -197,7 +198,7 @@ def validate(
         gen = iter_sliding_window(
             model, vol, patch, n_classes, overlap=0.25, cancel=cancel, stage="validate"
         )
-        logits = _drain(gen, None)
+        logits = drain(gen, None)
         pred = logits.argmax(1).numpy()
         pred = pred if case.labels.ndim > spatial_dims else pred[0]
         scores.append(mean_dice(pred, case.labels, n_classes))
@@ -466,7 +467,7 @@ def train(
     **kwargs: Any,
 ) -> TrainResult:
     """Plain form of :func:`iter_train` (same arguments); returns the :class:`TrainResult`."""
-    return _drain(iter_train(data, out_dir, **kwargs), progress)
+    return drain(iter_train(data, out_dir, **kwargs), progress)
 
 
 __all__ = [

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_lightm.engine.callbacks import CancelToken, Progress, ProgressCallback, check
+from napari_lightm.engine.callbacks import CancelToken, Progress, ProgressCallback, check, drain
 from napari_lightm.engine.recipe import DEFAULT_RECIPE, FinetuneRecipe
-from napari_lightm.engine.segmenter import Segmenter, _drain
+from napari_lightm.engine.segmenter import Segmenter
 
 
 def add_shape_prior(
@@ -148,7 +148,7 @@ def predict_unreviewed(
     **kwargs: Any,
 ) -> np.ndarray:
     """Plain form of :func:`iter_predict_unreviewed` (same arguments)."""
-    return _drain(
+    return drain(
         iter_predict_unreviewed(segmenter, image, geometry, labels, truth, **kwargs), progress
     )
 
