@@ -39,6 +39,7 @@ from napari_lightm.engine.preprocessing import (
 )
 
 DEFAULT_PATCH = {2: (256, 256), 3: (64, 128, 128)}
+OUTPUTS = ("labels", "proba", "logits")  # what iter_predict returns
 
 
 def _match_device_path(model: Any) -> None:
@@ -380,132 +381,75 @@ class Segmenter:
         return spacing, note
 
     # --- prediction -----------------------------------------------------------------
-    def iter_logits(
+    def iter_predict(
         self,
         image: np.ndarray,
         geometry: Any = None,
         *,
+        output: str = "labels",
         roi: Sequence[slice] | None = None,
         overlap: float = 0.5,
         tta: bool = False,
         cancel: CancelToken | None = None,
         tile_batch: int | None = None,
     ) -> Generator[Progress, None, np.ndarray]:
-        """Yields Progress per tile batch; returns logits float32 ``[n_classes, *region]``
-        (the whole region's: :meth:`iter_predict` keeps only labels)."""
+        """Yields :class:`Progress` per tile batch (``stage="predict"``); returns the
+        prediction of the image, or of the ``roi``:
+
+        - ``output="labels"``: class indices (``uint8``; ``uint16`` beyond 256 classes),
+          the region's shape; a 2D model over a volume keeps only the labels of finished
+          slices, never the logits of the whole volume;
+        - ``"proba"``: softmax float32 ``[n_classes, *region]``;
+        - ``"logits"``: float32 ``[n_classes, *region]``.
+
+        Raises :class:`Cancelled` between tile batches when ``cancel`` is set, ValueError
+        for an image the model cannot take (:meth:`check_compatible`).
+        """
         from napari_lightm.engine.inference import iter_region_logits, normalize_roi
 
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        self.check_compatible(image, geometry)
         spatial = image.shape[1:] if self.in_channels > 1 else image.shape
         shape = tuple(r.stop - r.start for r in normalize_roi(roi, spatial))
-        out = np.empty((self.n_classes, *shape), np.float32)
+        if output == "labels":
+            out = np.empty(shape, self.labels_dtype)
+        else:
+            out = np.empty((self.n_classes, *shape), np.float32)
 
         def keep(part: tuple[slice, ...], logits: np.ndarray) -> None:
+            if output == "labels":
+                out[part] = logits.argmax(0)
+                return
+            if output == "proba":
+                logits = logits - logits.max(0, keepdims=True)
+                np.exp(logits, out=logits)
+                logits /= logits.sum(0, keepdims=True)
             out[(slice(None), *part)] = logits
 
         yield from iter_region_logits(self, image, geometry, keep, roi=roi, overlap=overlap,
                                       tta=tta, cancel=cancel, tile_batch=tile_batch)
         return out
 
-    def iter_predict(
-        self,
-        image: np.ndarray,
-        geometry: Any = None,
-        *,
-        roi: Sequence[slice] | None = None,
-        overlap: float = 0.5,
-        tta: bool = False,
-        cancel: CancelToken | None = None,
-        tile_batch: int | None = None,
-    ) -> Generator[Progress, None, np.ndarray]:
-        """Yields :class:`Progress` per tile batch (``stage="predict"``); returns labels
-        (``uint8``, the image's spatial shape, or the roi's shape). Raises
-        :class:`Cancelled` between tile batches when ``cancel`` is set. A 2D model over a
-        volume keeps only the labels of finished slices, not their logits."""
-        from napari_lightm.engine.inference import iter_region_logits, normalize_roi
-
-        self.check_compatible(image, geometry)
-        spatial = image.shape[1:] if self.in_channels > 1 else image.shape
-        shape = tuple(r.stop - r.start for r in normalize_roi(roi, spatial))
-        labels = np.empty(shape, self.labels_dtype)
-
-        def keep(part: tuple[slice, ...], logits: np.ndarray) -> None:
-            labels[part] = logits.argmax(0)
-
-        yield from iter_region_logits(self, image, geometry, keep, roi=roi, overlap=overlap,
-                                      tta=tta, cancel=cancel, tile_batch=tile_batch)
-        return labels
-
     def predict(
         self,
         image: np.ndarray,
         geometry: Any = None,
         *,
-        roi: Sequence[slice] | None = None,
-        overlap: float = 0.5,
-        tta: bool = False,
         progress: ProgressCallback | None = None,
-        cancel: CancelToken | None = None,
-        tile_batch: int | None = None,
+        **options: Any,
     ) -> np.ndarray:
-        """Labels for ``image`` (see :meth:`iter_predict`)."""
-        return drain(
-            self.iter_predict(
-                image,
-                geometry,
-                roi=roi,
-                overlap=overlap,
-                tta=tta,
-                cancel=cancel,
-                tile_batch=tile_batch,
-            ),
-            progress,
-        )
+        """:meth:`iter_predict` run to its end (same ``options``: ``output``, ``roi``,
+        ``overlap``, ``tta``, ``cancel``, ``tile_batch``), reporting to ``progress``."""
+        return drain(self.iter_predict(image, geometry, **options), progress)
 
-    def iter_predict_proba(
-        self,
-        image: np.ndarray,
-        geometry: Any = None,
-        *,
-        roi: Sequence[slice] | None = None,
-        overlap: float = 0.5,
-        tta: bool = False,
-        cancel: CancelToken | None = None,
-        tile_batch: int | None = None,
-    ) -> Generator[Progress, None, np.ndarray]:
-        """Like :meth:`iter_predict`; returns softmax float32 ``[n_classes, *region]``."""
-        logits = yield from self.iter_logits(
-            image, geometry, roi=roi, overlap=overlap, tta=tta, cancel=cancel, tile_batch=tile_batch
-        )
-        logits -= logits.max(0, keepdims=True)
-        np.exp(logits, out=logits)
-        logits /= logits.sum(0, keepdims=True)
-        return logits
+    def iter_logits(self, image: np.ndarray, geometry: Any = None, **options: Any):
+        """:meth:`iter_predict` with ``output="logits"``."""
+        return self.iter_predict(image, geometry, output="logits", **options)
 
-    def predict_proba(
-        self,
-        image: np.ndarray,
-        geometry: Any = None,
-        *,
-        roi: Sequence[slice] | None = None,
-        overlap: float = 0.5,
-        tta: bool = False,
-        progress: ProgressCallback | None = None,
-        cancel: CancelToken | None = None,
-        tile_batch: int | None = None,
-    ) -> np.ndarray:
-        """Class probabilities float32 ``[n_classes, *region]``."""
-        return drain(
-            self.iter_predict_proba(
-                image,
-                geometry,
-                roi=roi,
-                overlap=overlap,
-                tta=tta,
-                cancel=cancel,
-                tile_batch=tile_batch,
-            ),
-            progress,
-        )
+    def predict_proba(self, image: np.ndarray, geometry: Any = None, **options: Any):
+        """:meth:`predict` with ``output="proba"``: class probabilities."""
+        return self.predict(image, geometry, output="proba", **options)
 
     def __repr__(self) -> str:
         return (
