@@ -158,13 +158,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     (missing, truncated, not ours, from a newer version, metadata that is not a JSON
     object, non-finite weights)."""
     file = checkpoint_file(path)
-    header, state = _read_tensors(file, "checkpoint")
-    if META_KEY not in header:
-        raise CheckpointError(f"{file} is a safetensors file but not a napari-lightm checkpoint")
-    meta = _parse_object(header[META_KEY], file, "checkpoint")
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{file} is not a napari-lightm checkpoint")
-    _check_version(meta.get("checkpoint_version"), CHECKPOINT_VERSION, file, "checkpoint")
+    state, meta = _read_ours(
+        file, "checkpoint", META_KEY, FORMAT, "checkpoint_version", CHECKPOINT_VERSION,
+        foreign=f"{file} is a safetensors file but not a napari-lightm checkpoint",
+    )
     check_finite(state, file)
     return state, meta, file
 
@@ -175,13 +172,25 @@ def load_train_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
     Raises :class:`CheckpointError` for a missing, truncated, foreign or newer file.
     """
     file = Path(path)
-    header, tensors = _read_tensors(file, "training state")
-    if TRAIN_STATE_KEY not in header:
-        raise CheckpointError(f"{file} is not a napari-lightm training state")
-    info = _parse_object(header[TRAIN_STATE_KEY], file, "training state")
-    if info.get("format") != TRAIN_STATE_FORMAT:
-        raise CheckpointError(f"{file} is not a napari-lightm training state")
-    _check_version(info.get("version"), TRAIN_STATE_VERSION, file, "training state")
+    return _read_ours(
+        file, "training state", TRAIN_STATE_KEY, TRAIN_STATE_FORMAT, "version",
+        TRAIN_STATE_VERSION, foreign=f"{file} is not a napari-lightm training state",
+    )
+
+
+def _read_ours(
+    file: Path, what: str, key: str, fmt: str, version_field: str, version: int, foreign: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tensors and JSON header object ``key`` of one of our safetensors files: refuses a
+    missing or damaged file, one without ``key`` (``foreign``), another format or a newer
+    ``version_field``."""
+    header, tensors = _read_tensors(file, what)
+    if key not in header:
+        raise CheckpointError(foreign)
+    info = _parse_object(header[key], file, what)
+    if info.get("format") != fmt:
+        raise CheckpointError(f"{file} is not a napari-lightm {what}")
+    _check_version(info.get(version_field), version, file, what)
     return tensors, info
 
 

@@ -10,6 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+# DICOM Segmentation storage SOP classes (binary / fractional, and label map)
+SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
+LABELMAP_SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.7"
+SEG_SOP_CLASSES = (SEG_SOP_CLASS_UID, LABELMAP_SEG_SOP_CLASS_UID)
+
 
 class ImageReadError(ValueError):
     """A file or folder that cannot be read as an image; the message names it and why."""
@@ -115,3 +120,9 @@ def label_dtype(labels: np.ndarray, path: str | os.PathLike = "labels") -> np.dt
     if lo < 0 or hi > np.iinfo(np.uint16).max:
         raise LabelWriteError(f"{path}: label values {lo}..{hi} outside 0..65535")
     return np.dtype(np.uint8 if hi <= 255 else np.uint16)
+
+
+def one_line(err: Exception) -> str:
+    """An exception's message on one line (pydicom's can span several)."""
+    text = " ".join(str(err).split())
+    return text[:300] or type(err).__name__

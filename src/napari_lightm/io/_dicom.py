@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_lightm.io._base import ImageReadError, fold_rgb, is_dicom_file, itk_reason
+from napari_lightm.io._base import (
+    SEG_SOP_CLASSES,
+    ImageReadError,
+    is_dicom_file,
+    one_line,
+)
+from napari_lightm.io._dicom_pixels import compact_dtype, decoded_pixels, group_value
 from napari_lightm.io.geometry import ORTHONORMAL_ATOL, Geometry, GeometryError
 
 # folders are scanned with a bound so that napari's get_reader stays quick on big trees
@@ -50,136 +56,6 @@ def find_dicom_files(folder: Path, limit: int | None = None) -> list[Path]:
 # --- pixels ---------------------------------------------------------------------------
 
 
-def _pixels(ds: Any, path: Path) -> tuple[np.ndarray, bool]:
-    """Decoded pixels and whether the modality rescale is already applied.
-
-    pydicom decodes uncompressed (and what its installed plugins know); other compressed
-    transfer syntaxes go through SimpleITK/GDCM, which applies the rescale itself. An
-    unknown transfer syntax UID is refused by name.
-    """
-    try:
-        return ds.pixel_array, False
-    except Exception as err:  # pydicom raises several types for undecodable data
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        try:
-            compressed = syntax is not None and syntax.is_compressed
-        except (ValueError, AttributeError):  # a UID that is no transfer syntax
-            raise ImageReadError(
-                f"{path}: unknown DICOM transfer syntax {str(syntax)[:64]!r}; cannot decode "
-                "its pixel data"
-            ) from None
-        if not compressed:
-            raise ImageReadError(
-                f"{path}: cannot decode DICOM pixel data ({_one_line(err)})"
-            ) from None
-    import SimpleITK as sitk
-
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        raise ImageReadError(
-            f"{path}: cannot decode DICOM pixel data ({syntax.name}: {itk_reason(err)})"
-        ) from None
-    array = sitk.GetArrayFromImage(image)
-    if array.ndim == 3 and array.shape[0] == 1 and image.GetNumberOfComponentsPerPixel() == 1:
-        array = array[0]
-    return array, True
-
-
-def _one_line(err: Exception) -> str:
-    """An exception's message on one line (pydicom's can span several)."""
-    text = " ".join(str(err).split())
-    return text[:300] or type(err).__name__
-
-
-def _group_value(ds: Any, sequence: str, keyword: str, frame: int = 0) -> Any:
-    """``keyword`` from frame ``frame``'s functional group ``sequence`` (enhanced
-    multi-frame files), else from the shared functional groups, else the top level."""
-    for groups, index in (
-        ("PerFrameFunctionalGroupsSequence", frame),
-        ("SharedFunctionalGroupsSequence", 0),
-    ):
-        items = ds.get(groups)
-        if items and len(items) > index:
-            inner = items[index].get(sequence)
-            if inner and keyword in inner[0]:
-                return inner[0].get(keyword)
-    return ds.get(keyword)
-
-
-# largest |RescaleSlope| / |RescaleIntercept| taken: no scanner writes more, and beyond
-# it stored values (up to 2**32) times the slope overflow float32
-RESCALE_LIMIT = 1e25
-INT32 = np.iinfo(np.int32)
-
-
-def _rescale(array: np.ndarray, ds: Any, path: Path) -> np.ndarray:
-    """Modality LUT (RescaleSlope / RescaleIntercept, per frame in enhanced files; RT dose
-    grid scaling): stored values to real units (HU for CT, Gy for dose). A non-finite or
-    absurd slope or intercept is refused (it would turn the image into NaN or garbage)."""
-    frames = array.shape[0] if array.ndim == 3 else 1
-    group = "PixelValueTransformationSequence"
-    slopes = [float(_group_value(ds, group, "RescaleSlope", k) or 1) for k in range(frames)]
-    intercepts = [float(_group_value(ds, group, "RescaleIntercept", k) or 0) for k in range(frames)]
-    scale = float(ds.get("DoseGridScaling", 1) or 1)
-    slope = np.asarray(slopes) * scale
-    intercept = np.asarray(intercepts)
-    if not (np.all(np.abs(slope) < RESCALE_LIMIT) and np.all(np.abs(intercept) < RESCALE_LIMIT)):
-        raise ImageReadError(
-            f"{path}: implausible DICOM rescale (slope {slopes[0]:g} x {scale:g}, "
-            f"intercept {intercepts[0]:g})"
-        )
-    if np.all(slope == 1) and np.all(intercept == 0):
-        return array
-    whole = array.dtype.kind in "iu" and array.size > 0
-    whole = whole and np.all(slope == np.round(slope)) and np.all(intercept == np.round(intercept))
-    if whole:
-        lo, hi = int(array.min()), int(array.max())
-        ends = [int(s) * v + int(i) for s, i in zip(slope, intercept) for v in (lo, hi)]
-        whole = all(INT32.min <= e <= INT32.max for e in ends)
-    if array.ndim == 3:
-        slope, intercept = slope[:, None, None], intercept[:, None, None]
-    else:
-        slope, intercept = slope[0], intercept[0]
-    if whole:
-        # integer CT rescale (slope 1, intercept -1024): exact in integers, no float pass
-        return _compact(
-            array.astype(np.int32) * slope.astype(np.int32) + intercept.astype(np.int32)
-        )
-    return array.astype(np.float32) * slope.astype(np.float32) + intercept.astype(np.float32)
-
-
-def _compact(array: np.ndarray) -> np.ndarray:
-    """Integer data that fits int16 (CT in HU) is stored as int16, else as is."""
-    if array.dtype.kind not in "iu" or array.size == 0 or array.dtype.itemsize <= 2:
-        return array
-    if array.min() >= -32768 and array.max() <= 32767:
-        return array.astype(np.int16)
-    return array
-
-
-def _invert_monochrome1(array: np.ndarray, ds: Any) -> tuple[np.ndarray, float | None]:
-    """MONOCHROME1 shows low values white; flip within the data range so bone is bright.
-
-    Returns the array and the mirror value ``lo + hi`` (``x -> mirror - x``), or None
-    when nothing was flipped.
-    """
-    if str(ds.get("PhotometricInterpretation", "")).upper() != "MONOCHROME1":
-        return array, None
-    lo, hi = array.min(), array.max()
-    # the result lies in [lo, hi]; integer wrap-around in between cancels out
-    return (hi - array) + lo, float(lo) + float(hi)
-
-
-def _decoded(ds: Any, path: Path) -> tuple[np.ndarray, float | None]:
-    """Grey, rescaled, MONOCHROME1-corrected pixels ``[rows, cols]`` or ``[frames, rows,
-    cols]``, and the inversion's mirror value (None when not inverted)."""
-    array, rescaled = _pixels(ds, path)
-    if int(ds.get("SamplesPerPixel", 1)) > 1:
-        array = fold_rgb(array, path)
-    if not rescaled:
-        array = _rescale(array, ds, path)
-    return _invert_monochrome1(array, ds)
 
 
 # --- header geometry ------------------------------------------------------------------
@@ -188,17 +64,17 @@ def _decoded(ds: Any, path: Path) -> tuple[np.ndarray, float | None]:
 def _in_plane_spacing(ds: Any) -> tuple[tuple[float, float] | None, str]:
     """Physical-order (x = column, y = row) pixel spacing and the tag it came from."""
     for tag in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
-        value = _group_value(ds, "PixelMeasuresSequence", tag)
+        value = group_value(ds, "PixelMeasuresSequence", tag)
         if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
             row_spacing, col_spacing = (float(v) for v in value)
             return (col_spacing, row_spacing), tag
     return None, ""
 
 
-def _orientation(ds: Any) -> np.ndarray | None:
+def orientation(ds: Any) -> np.ndarray | None:
     """``[3, 3]`` direction with columns row-cosine, column-cosine, slice normal; None
     when the header's orientation is missing or not two perpendicular unit vectors."""
-    iop = _group_value(ds, "PlaneOrientationSequence", "ImageOrientationPatient")
+    iop = group_value(ds, "PlaneOrientationSequence", "ImageOrientationPatient")
     if iop is None or len(iop) != 6:
         return None
     try:
@@ -274,15 +150,12 @@ HEADER_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, Ov
 
 
 def _corrupt_header(where: Path, err: Exception) -> ImageReadError:
-    return ImageReadError(f"{where}: corrupt DICOM header ({type(err).__name__}: {_one_line(err)})")
-
-
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+    return ImageReadError(f"{where}: corrupt DICOM header ({type(err).__name__}: {one_line(err)})")
 
 
 def is_segmentation(ds: Any) -> bool:
     """True for a DICOM Segmentation object (labels, not an image)."""
-    return str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE or ds.get("Modality") == "SEG"
+    return str(ds.get("SOPClassUID", "")) in SEG_SOP_CLASSES or ds.get("Modality") == "SEG"
 
 
 def read_dicom_file(path: Path) -> tuple[np.ndarray, Geometry]:
@@ -314,15 +187,15 @@ def _read_dicom_file(path: Path) -> tuple[np.ndarray, Geometry]:
         raise ImageReadError(
             f"{path}: DICOM file without an image ({getattr(sop, 'name', sop) or 'no SOP class'})"
         )
-    array, mirror = _decoded(ds, path)
+    array, mirror = decoded_pixels(ds, path)
     fields = _modality_fields(ds)
     spacing, spacing_from = _in_plane_spacing(ds)
     units = "mm"
     if spacing is None:
         spacing, units = (1.0, 1.0), "pixel"
     extra = {"format": "DICOM", **fields.pop("extra"), "spacing_from": spacing_from or "none"}
-    direction3 = _orientation(ds)
-    position = _group_value(ds, "PlanePositionSequence", "ImagePositionPatient")
+    direction3 = orientation(ds)
+    position = group_value(ds, "PlanePositionSequence", "ImagePositionPatient")
     if position is not None and len(position) == 3:
         extra["image_position_patient"] = [float(v) for v in position]
     if direction3 is not None:
@@ -345,11 +218,11 @@ def _read_dicom_file(path: Path) -> tuple[np.ndarray, Geometry]:
     return array, geometry
 
 
-def _frame_positions(ds: Any, frames: int, normal: np.ndarray) -> np.ndarray | None:
+def frame_positions(ds: Any, frames: int, normal: np.ndarray) -> np.ndarray | None:
     """``[frames, 3]`` patient positions of each frame: enhanced files' per-frame plane
     positions, or an RT dose grid's offsets along the normal; None when not given."""
     positions = [
-        _group_value(ds, "PlanePositionSequence", "ImagePositionPatient", k) for k in range(frames)
+        group_value(ds, "PlanePositionSequence", "ImagePositionPatient", k) for k in range(frames)
     ]
     if "PerFrameFunctionalGroupsSequence" in ds and all(
         p is not None and len(p) == 3 for p in positions
@@ -398,7 +271,7 @@ def _multiframe(
     (enhanced CT/MR, RT dose grids) when given, else the shared header's
     SpacingBetweenSlices / SliceThickness."""
     normal = np.array([0.0, 0.0, 1.0]) if direction3 is None else direction3[:, 2]
-    positions = _frame_positions(ds, array.shape[0], normal)
+    positions = frame_positions(ds, array.shape[0], normal)
     gaps = None
     if positions is not None and array.shape[0] > 1:
         order, gaps = _sorted_gaps(positions @ normal, path)
@@ -406,8 +279,8 @@ def _multiframe(
         gap: float | None = float(gaps.mean())
         origin = tuple(positions[0])
     else:
-        value = _group_value(ds, "PixelMeasuresSequence", "SpacingBetweenSlices")
-        value = value or _group_value(ds, "PixelMeasuresSequence", "SliceThickness")
+        value = group_value(ds, "PixelMeasuresSequence", "SpacingBetweenSlices")
+        value = value or group_value(ds, "PixelMeasuresSequence", "SliceThickness")
         gap = float(value) if value else None
         origin = tuple(extra.get("image_position_patient", (0.0, 0.0, 0.0)))
     geometry = Geometry(
@@ -498,7 +371,7 @@ def _stack_series(folder: Path, members: list[tuple[Path, Any]]) -> tuple[np.nda
     sizes = {(int(h.Rows), int(h.Columns)) for h in headers}
     if len(sizes) > 1:
         raise ImageReadError(f"{folder}: mixed DICOM series, slices of sizes {sorted(sizes)}")
-    directions = [_orientation(h) for h in headers]
+    directions = [orientation(h) for h in headers]
     if any(d is None for d in directions) or any(
         not np.allclose(d, directions[0], atol=1e-4) for d in directions
     ):
@@ -515,7 +388,7 @@ def _stack_series(folder: Path, members: list[tuple[Path, Any]]) -> tuple[np.nda
     spacing, spacing_from = _in_plane_spacing(headers[0])
     if spacing is None:
         raise ImageReadError(f"{folder}: DICOM series without PixelSpacing")
-    array = _compact(np.stack([_decoded(headers[k], members[k][0])[0] for k in order]))
+    array = compact_dtype(np.stack([decoded_pixels(headers[k], members[k][0])[0] for k in order]))
     fields = _modality_fields(headers[0])
     extra = {"format": "DICOM series", **fields.pop("extra"), "spacing_from": spacing_from}
     geometry = Geometry(

@@ -15,12 +15,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from napari_lightm.io._base import SEG_SOP_CLASSES
 from napari_lightm.io.geometry import Geometry
 
-SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
-LABELMAP_SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.7"
-
-SEG_SOP_CLASSES = (SEG_SOP_CLASS_UID, LABELMAP_SEG_SOP_CLASS_UID)
 ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
 
 NOT_DICOM = (
@@ -132,12 +129,12 @@ def sorted_source(
     error: type[ValueError],
     where: Path,
 ) -> SourceSeries:
-    from napari_lightm.io._dicom import _frame_positions, _orientation
+    from napari_lightm.io._dicom import frame_positions, orientation
 
     headers = [ds for _, ds in members]
     uid = str(headers[0].get("SeriesInstanceUID", ""))
     rows, cols = int(headers[0].Rows), int(headers[0].Columns)
-    direction = _orientation(headers[0])
+    direction = orientation(headers[0])
     normal = np.array([0.0, 0.0, 1.0]) if direction is None else direction[:, 2]
     frames = None
     n_frames = int(headers[0].get("NumberOfFrames", 1) or 1)
@@ -148,7 +145,7 @@ def sorted_source(
         first = positions[order[0]]
         shape: tuple[int, ...] = (len(headers), rows, cols)
     elif n_frames > 1:
-        positions = _frame_positions(headers[0], n_frames, normal)
+        positions = frame_positions(headers[0], n_frames, normal)
         order = (
             np.arange(n_frames)
             if positions is None
@@ -181,11 +178,6 @@ def quiet_logger(logger_name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:300] or type(err).__name__
 
 
 def seg_pixels(seg: Any, source: SourceSeries, *, skip_overlap_checks: bool = False) -> np.ndarray:

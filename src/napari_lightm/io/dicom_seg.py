@@ -34,7 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from napari_lightm.io._base import BadWrite, ImageReadError, LabelWriteError, free_bytes
+from napari_lightm.io._base import (
+    SEG_SOP_CLASSES,
+    BadWrite,
+    ImageReadError,
+    LabelWriteError,
+    free_bytes,
+    one_line,
+)
 from napari_lightm.io._seg_codes import (
     segment_class_names,
     segment_descriptions,
@@ -42,12 +49,10 @@ from napari_lightm.io._seg_codes import (
 )
 from napari_lightm.io._seg_source import (
     ALGORITHM_TYPES,
-    SEG_SOP_CLASSES,
     SERIES_NUMBER,
     DicomSegLabels,
     SourceSeries,
     is_dicom_seg,
-    one_line,
     quiet_logger,
     seg_pixels,
     source_series,
