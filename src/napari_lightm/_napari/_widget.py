@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 
 from napari_lightm import __version__
 from napari_lightm._napari import _keybindings as keys
+from napari_lightm._napari._classes_panel import ClassesPanel
 from napari_lightm._napari._click import ClickController
 from napari_lightm._napari._finetune_panel import FinetunePanel
 from napari_lightm._napari._model_panel import CORE_ERRORS, NO_MODEL, ModelPanel
@@ -97,6 +98,8 @@ class LightMWidget(QWidget):
 
         self.model = ModelPanel()
         layout.addWidget(self.model)
+        self.classes = ClassesPanel(self, lambda func, *args: self._guard_io(func, *args))
+        layout.addWidget(self.classes)
 
         # --- segment ---------------------------------------------------------------
         box = QGroupBox("Segment")
@@ -264,6 +267,7 @@ class LightMWidget(QWidget):
             layer.metadata.get(IMAGE_ID_KEY) or layer.metadata.get(IMAGE_KEY)
         ):
             self.tracker.track(layer)
+            self.classes.apply_to_layers()  # a new linked layer shows the model's classes
 
     def _on_layer_inserted(self, event=None) -> None:
         """A newly opened image becomes the picked one."""
@@ -297,6 +301,7 @@ class LightMWidget(QWidget):
     def _on_model_changed(self) -> None:
         self.refresh_spacing()
         self.refresh_review()
+        self.classes.refresh()
 
     def _on_step(self, event=None) -> None:
         self.refresh_review()

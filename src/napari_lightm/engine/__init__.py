@@ -5,7 +5,8 @@ Public API (imported lazily, so ``import napari_lightm.engine`` does not load to
     from napari_lightm.engine import (Segmenter, FinetuneSample, finetune, iter_finetune,
         FinetuneRecipe, DEFAULT_RECIPE, new_segmenter, predict_unreviewed,
         iter_predict_unreviewed, interpolate_labels, train, iter_train, evaluate,
-        Preprocessing, pick_device, CancelToken, Cancelled, Progress, CheckpointError)
+        Preprocessing, pick_device, CancelToken, Cancelled, Progress, CheckpointError,
+        add_class, rename_class, set_class_colour)
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ _LAZY = {
     "pick_device": "device",
     "CheckpointError": "checkpoint",
     "dice_ce_loss": "losses",
+    "add_class": "classes",
+    "rename_class": "classes",
+    "set_class_colour": "classes",
 }
 
 

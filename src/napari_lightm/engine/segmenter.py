@@ -30,6 +30,7 @@ from napari_lightm.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from napari_lightm.engine.classes import checked_colours
 from napari_lightm.engine.metadata import checked_weights, now
 from napari_lightm.engine.preprocessing import (
     Preprocessing,
@@ -69,6 +70,8 @@ class Segmenter:
         patch_size: training / inference window, array order, model spatial axes.
         version: 0 for a new model, +1 per training or fine-tuning run.
         history: one dict per training / fine-tuning run.
+        class_colours: display colour per class (``"#rrggbb"``, None = the viewer's
+            default); edited with :mod:`napari_lightm.engine.classes`.
         precision: CUDA inference precision, ``"tf32"`` (default), ``"bf16"`` or ``"fp32"``
             (:mod:`napari_lightm.engine.inference`); no effect on the CPU.
     """
@@ -102,6 +105,8 @@ class Segmenter:
         self.version = int(version)
         self.history = [dict(h) for h in history]
         self.precision = "tf32"
+        # display colour per class ("#rrggbb"; None: the viewer's default), saved with it
+        self.class_colours: list[str | None] = [None] * len(self.class_names)
 
     # --- construction -----------------------------------------------------------
     @classmethod
@@ -218,6 +223,10 @@ class Segmenter:
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"checkpoint {file} has unusable metadata: {err}") from err
         seg.base_config = str(arch.get("base_config", arch.get("config", "custom")))
+        try:
+            seg.class_colours = checked_colours(meta.get("class_colours"), len(names))
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {file} has unusable metadata: {err}") from err
         model.eval()
         return seg
 
@@ -297,6 +306,7 @@ class Segmenter:
             history=self.history,
         )
         seg.base_config = getattr(self, "base_config", self.config)
+        seg.class_colours = list(self.class_colours)
         return seg
 
     def metadata(self) -> dict[str, Any]:
@@ -312,6 +322,9 @@ class Segmenter:
                 **self.model.config(),
             },
             "class_names": self.class_names,
+            "class_colours": (list(self.class_colours) + [None] * self.n_classes)[
+                : self.n_classes
+            ],
             "modality": self.modality,
             "preprocessing": self.preprocessing.to_dict(),
             "patch_size": list(self.patch_size),
