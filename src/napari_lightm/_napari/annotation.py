@@ -88,14 +88,15 @@ def region_indices(
     if mask.ndim < 2:
         idx = np.nonzero(mask)
         return tuple((i + s).astype(d) for i, s, d in zip(idx, starts, dtypes))
-    parts: list[list[np.ndarray]] = [[] for _ in shape]
-    for z in range(0, mask.shape[0], slab):
-        idx = np.nonzero(mask[z : z + slab])
-        for axis, (i, s, d) in enumerate(zip(idx, starts, dtypes)):
-            parts[axis].append((i + s + (z if axis == 0 else 0)).astype(d))
-    return tuple(
-        np.concatenate(p) if p else np.zeros(0, d) for p, d in zip(parts, dtypes)
-    )
+    counts = [int(np.count_nonzero(mask[z : z + slab])) for z in range(0, mask.shape[0], slab)]
+    out = tuple(np.empty(sum(counts), d) for d in dtypes)
+    at = 0
+    for z, count in zip(range(0, mask.shape[0], slab), counts):
+        if count:
+            for axis, i in enumerate(np.nonzero(mask[z : z + slab])):
+                out[axis][at : at + count] = i + (starts[axis] + (z if axis == 0 else 0))
+            at += count
+    return out
 
 
 def _compact(flat: np.ndarray, shape) -> np.ndarray:
