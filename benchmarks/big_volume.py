@@ -3,11 +3,14 @@ a 512 x 512 x 600 CT within 4 GiB of RSS on 2 CPU cores).
 
 What ``lightm predict ct.nii.gz`` does, per size in fresh processes: one process writes a
 CT phantom of ``(N, 512, 512)`` at 0.8 x 0.8 mm in-plane and 2.5 mm slices as an int16
-NIfTI in a temporary folder (the phantom generator's own memory is not measured); a
-second reads it with ``read_image`` (float32 HU), segments it with the few-slice recipe's
-new model (``Segmenter.predict``; the weights do not change time or memory) and writes
-the labels with ``write_labels``. Reported: that process's peak RSS after reading and at
-the end, and the predict time. The image as read is ``N x 1 MiB`` of float32.
+NIfTI (and its true labels) in a temporary folder, so the phantom generator's own memory
+is not measured; a second reads it with ``read_image`` (int16 HU, as stored), segments it
+with the few-slice recipe's new model (``Segmenter.predict``; the weights do not change
+time or memory) and writes the labels with ``write_labels``; then, when napari is
+installed, it writes the phantom's true labels (what a trained model would predict) into
+an empty napari Labels layer as one undo step: what the widget's main thread does with a
+Segment result. Reported: that process's peak RSS after reading and at the end, the
+predict time, and the voxels changed and seconds of the napari write.
 
     python benchmarks/big_volume.py                  # 128, 300, 600 slices on the CPU
     python benchmarks/big_volume.py --slices 128 --no-record
@@ -35,10 +38,16 @@ def make(n: int, path: str) -> None:
 
     from napari_lightm.io.phantoms import ct_phantom
 
-    image, _, geometry = ct_phantom(seed=0, shape=(n, 512, 512))
-    itk = sitk.GetImageFromArray(np.rint(image).astype(np.int16))
-    itk.SetSpacing(tuple(float(v) for v in geometry.spacing))
-    sitk.WriteImage(itk, path)
+    image, labels, geometry = ct_phantom(seed=0, shape=(n, 512, 512))
+    for array, target in ((np.rint(image).astype(np.int16), path),
+                          (labels.astype(np.uint8), truth_path(path))):
+        itk = sitk.GetImageFromArray(array)
+        itk.SetSpacing(tuple(float(v) for v in geometry.spacing))
+        sitk.WriteImage(itk, target)
+
+
+def truth_path(path: str) -> str:
+    return str(Path(path).with_name("truth.nii.gz"))
 
 
 def child(path: str, device: str) -> dict:
@@ -56,9 +65,31 @@ def child(path: str, device: str) -> dict:
     labels = seg.predict(image, geometry)
     seconds = time.perf_counter() - t0
     write_labels(str(Path(path).with_name("labels.nii.gz")), labels, geometry)
-    return {"slices": image.shape[0], "image_mib": image.nbytes / 2**20,
-            "peak_after_image_mib": after_image, "peak_mib": peak_mib(),
-            "predict_s": seconds, "labels_dtype": str(labels.dtype)}
+    out = {"slices": image.shape[0], "image_mib": image.nbytes / 2**20,
+           "peak_after_image_mib": after_image, "peak_mib": peak_mib(),
+           "predict_s": seconds, "labels_dtype": str(labels.dtype)}
+    del labels
+    truth, _ = read_image(truth_path(path))  # what a trained model's Segment would write
+    out.update(napari_write(truth))
+    return out
+
+
+def napari_write(labels) -> dict:
+    """What the widget's main thread does with the result: write it into an empty Labels
+    layer as one undo step (``ReviewTracker.write``); seconds and voxels changed."""
+    try:
+        import numpy as np
+        from napari.layers import Labels
+
+        from napari_lightm._napari._review import REVIEWED_KEY, ReviewTracker
+    except ImportError:  # no napari: the engine's numbers only
+        return {}
+    layer = Labels(np.zeros_like(labels), metadata={REVIEWED_KEY: np.zeros(len(labels), bool)})
+    tracker = ReviewTracker()
+    tracker.track(layer)
+    t0 = time.perf_counter()
+    changed = tracker.write(layer, labels)
+    return {"write_s": time.perf_counter() - t0, "changed": changed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,18 +119,22 @@ def main(argv: list[str] | None = None) -> int:
                 capture_output=True, text=True,
             )
         if out.returncode != 0:
-            rows.append([n, "", "", "", f"failed (exit {out.returncode})"])
+            rows.append([n, "", "", "", f"failed (exit {out.returncode})", ""])
             print(out.stderr[-2000:], file=sys.stderr)
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append([n, round(r["image_mib"]), round(r["peak_after_image_mib"]),
-                     round(r["peak_mib"]), round(r["predict_s"], 1)])
+                     round(r["peak_mib"]), round(r["predict_s"], 1),
+                     f"{r['changed'] / 1e6:.1f} M in {r['write_s']:.2f} s" if "changed" in r
+                     else ""])
         print(rows[-1], f"({time.time() - t0:.0f} s)", flush=True)
     headers = ["slices (512 x 512)", "image MiB", "peak RSS after reading, MiB",
-               "peak RSS at the end, MiB", "predict s"]
-    notes = (f"CT phantom (N, 512, 512), 2.5 x 0.8 x 0.8 mm, int16 NIfTI; read_image (float32), "
-             f"Segmenter.predict of engine.recipe.new_segmenter (2D, 8 filters, 1.5 mm) on "
-             f"{args.device}, write_labels; each size in its own process (peak = ru_maxrss). "
+               "peak RSS at the end, MiB", "predict s", "napari write (main thread)"]
+    notes = (f"CT phantom (N, 512, 512), 2.5 x 0.8 x 0.8 mm, int16 NIfTI; read_image (int16 as "
+             f"stored), Segmenter.predict of engine.recipe.new_segmenter (2D, 8 filters, "
+             f"1.5 mm, untrained) on {args.device}, write_labels; then the phantom's true "
+             f"labels written into an empty napari Labels layer as one undo step (the "
+             f"widget's main-thread part); each size in its own process (peak = ru_maxrss). "
              f"Goal: <= 4096 MiB at 600 slices. {time.time() - t0:.0f} s.")
     from benchmarks._results import load_note, record, table
 
