@@ -112,6 +112,28 @@ def ct_widget(make_viewer, segmenter, shape, tmp_path: Path, monkeypatch):
     return viewer, widget, widget.current_image()
 
 
+@pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    """Messages the widget shows with ``show_error`` (collected, not displayed)."""
+    shown: list[str] = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    return shown
+
+
+@pytest.fixture
+def small_widget(make_napari_viewer_proxy):
+    """The docked widget over a 4 x 32 x 32 image "ct", with a new 2D background/liver
+    model (8 filters, 32^2 patches)."""
+    import numpy as np
+
+    viewer = make_napari_viewer_proxy(show=False)
+    image = np.linspace(0, 1, 4 * 32 * 32, dtype=np.float32).reshape(4, 32, 32)
+    viewer.add_image(image, name="ct")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-lightm", "LightM-UNet")
+    widget.model.new_model(2, ["background", "liver"], init_filters=8, patch_size=(32, 32))
+    return widget
+
+
 def pytest_collection_modifyitems(config, items):
     if any("gui" in item.keywords for item in items):
         # the model (and Triton with it, importable here for the kernel tests) loads

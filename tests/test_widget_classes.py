@@ -10,21 +10,9 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def errors(monkeypatch) -> list[str]:
-    shown: list[str] = []
-    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
-    return shown
-
-
-@pytest.fixture
-def widget(make_napari_viewer_proxy):
-    viewer = make_napari_viewer_proxy(show=False)
-    image = np.linspace(0, 1, 4 * 32 * 32, dtype=np.float32).reshape(4, 32, 32)
-    viewer.add_image(image, name="ct")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-lightm", "LightM-UNet")
-    widget.model.new_model(2, ["background", "liver"], init_filters=8, patch_size=(32, 32))
-    widget.labels_layer(create=True)
-    return widget
+def widget(small_widget):
+    small_widget.labels_layer(create=True)
+    return small_widget
 
 
 def test_adding_a_class_is_a_new_version_the_labels_show(widget):

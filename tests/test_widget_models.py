@@ -22,21 +22,8 @@ CLASSES = ["background", "liver"]
 
 
 @pytest.fixture
-def errors(monkeypatch) -> list[str]:
-    """Messages the widget shows with ``show_error`` (collected, not displayed)."""
-    shown: list[str] = []
-    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
-    return shown
-
-
-@pytest.fixture
-def widget(make_napari_viewer_proxy):
-    viewer = make_napari_viewer_proxy(show=False)
-    image = np.linspace(0, 1, 4 * 32 * 32, dtype=np.float32).reshape(4, 32, 32)
-    viewer.add_image(image, name="ct")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-lightm", "LightM-UNet")
-    widget.model.new_model(2, CLASSES, init_filters=8, patch_size=(32, 32))
-    return widget
+def widget(small_widget):
+    return small_widget
 
 
 def finetuned(seg):
