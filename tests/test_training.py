@@ -377,3 +377,14 @@ def test_torchrun_two_processes_on_the_cpu(tmp_path):
     assert "trained 2 steps" in run.stdout and run.stdout.count("trained") == 1  # rank 0 only
     seg = Segmenter.load(out / "last.safetensors", device="cpu")
     assert seg.history[-1]["world_size"] == 2
+
+
+def test_a_second_run_into_a_used_folder_is_refused_unless_asked(tiny_dataset, tmp_path):
+    kwargs = dict(max_steps=1, batch_size=2, device="cpu", model_kwargs=TINY)
+    train(tiny_dataset, tmp_path, **kwargs)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match="already holds a training run .*overwrite=True"):
+        train(tiny_dataset, tmp_path, **{**kwargs, "seed": 1})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    train(tiny_dataset, tmp_path, **{**kwargs, "seed": 1}, overwrite=True)
+    assert (tmp_path / "last.safetensors").read_bytes() != before["last.safetensors"]

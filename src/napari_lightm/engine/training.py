@@ -55,6 +55,7 @@ from napari_lightm.engine.metrics import mean_dice
 from napari_lightm.engine.preprocessing import Preprocessing, resample_to
 from napari_lightm.engine.segmenter import DEFAULT_PATCH, Segmenter
 from napari_lightm.engine.train_state import (
+    RUN_FILES,
     STATE_FILE,
     TrainResult,
     restore_train_state,
@@ -258,6 +259,7 @@ def iter_train(
     grad_clip: float = GRAD_CLIP,
     seed: int = 0,
     resume: bool = False,
+    overwrite: bool = False,
     val_fraction: float = 0.1,
     val_every: int | None = None,
     max_val_cases: int = 16,
@@ -287,6 +289,9 @@ def iter_train(
             states and losses). Without a state there, a folder holding no checkpoints
             starts a new run; one with checkpoints, or with only an old-format
             ``train_state.pt`` (pickle, never loaded), raises :class:`CheckpointError`.
+        overwrite: replace the checkpoints of an earlier run in ``out_dir``; without it
+            (and without ``resume``) a folder holding one is refused with ValueError, so
+            a second run never silently replaces the first one's models.
         val_fraction, val_every, max_val_cases: validation split and schedule
             (default every ``max_steps // 10`` steps, at least 1).
         device: see :func:`~napari_lightm.engine.pick_device` (``cuda:LOCAL_RANK`` under
@@ -322,6 +327,12 @@ def iter_train(
         raise ValueError(f"lr must be a positive number, got {lr}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output folder {out_dir} is a file")
+    earlier = [n for n in RUN_FILES if (out_dir / n).is_file()]
+    if earlier and not (resume or overwrite):
+        raise ValueError(
+            f"{out_dir} already holds a training run ({', '.join(earlier)}); pass "
+            "resume=True to continue it, overwrite=True to replace it, or choose another folder"
+        )
     state = resume_state(out_dir) if resume else None  # a bad state fails before any work
 
     dataset = data if isinstance(data, Dataset) else load_dataset(data, modality)
