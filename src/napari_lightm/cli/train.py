@@ -24,7 +24,7 @@ from napari_lightm.cli._common import (
 def check_train_output(dataset: Path, out_dir: Path, resume: bool) -> None:
     """Refuse an output folder that is the dataset or one of its image/label folders, and,
     without ``--resume``, one that already holds a training run (it would be replaced)."""
-    from napari_lightm.engine.train_state import RUN_FILES
+    from napari_lightm.engine.train_state import run_files
 
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"output folder {out_dir} is a file")
@@ -33,7 +33,7 @@ def check_train_output(dataset: Path, out_dir: Path, resume: bool) -> None:
         hit = next((d for d in own if d.exists() and same_file(out_dir, d)), None)
         if hit is not None:
             raise CLIError(f"output folder {out_dir} is the dataset's {hit}; choose another")
-    existing = [n for n in RUN_FILES if (out_dir / n).is_file()]
+    existing = run_files(out_dir)
     if existing and not resume:
         raise CLIError(
             f"{out_dir} already holds a training run ({', '.join(existing)}); pass --resume "

@@ -72,5 +72,4 @@ def drain(gen: Generator[Progress, None, Any], progress: ProgressCallback | None
             progress(item)
 
 
-__all__ = [
-    "drain","CancelToken", "Cancelled", "Progress", "ProgressCallback", "check", "report"]
+__all__ = ["CancelToken", "Cancelled", "Progress", "ProgressCallback", "check", "drain", "report"]

@@ -241,7 +241,6 @@ def _accumulation_device(device: torch.device, floats: int) -> torch.device:
     return device if 4 * floats <= ACCUMULATE_ON_GPU_FRACTION * free else torch.device("cpu")
 
 
-
 def normalize_roi(roi: Sequence[slice] | None, size: Sequence[int]) -> tuple[slice, ...]:
     """``roi`` (slices in array coordinates, None = everything) -> one bounded slice per axis.
 
@@ -266,6 +265,7 @@ def normalize_roi(roi: Sequence[slice] | None, size: Sequence[int]) -> tuple[sli
             raise ValueError(f"roi {roi!r} is empty along axis {axis} (size {n})")
         out.append(slice(start, stop))
     return tuple(out)
+
 
 def check_image(image: np.ndarray, geometry: Any, in_channels: int, spatial_dims: int) -> None:
     """Raise ValueError naming what makes ``image`` unusable for a model of
@@ -319,8 +319,10 @@ def iter_region_logits(
     tile_batch: int | None = None,
 ) -> Generator[Progress, None, tuple[int, ...]]:
     """The prediction pipeline of :class:`~napari_lightm.engine.Segmenter` (its module
-    docstring has the rules): checks, normalisation with the whole image's statistics,
-    resampling to the model's spacing, sliding windows, resampling back.
+    docstring has the rules): normalisation with the whole image's statistics,
+    resampling to the model's spacing, sliding windows, resampling back. ``image`` has
+    passed ``segmenter.check_compatible`` (the caller's first step, before it allocates
+    the output).
 
     Yields :class:`Progress` per tile batch over the whole region. Calls
     ``consume(part, logits)`` for each finished part: ``part`` indexes the region's
@@ -330,7 +332,6 @@ def iter_region_logits(
     """
     from napari_lightm.engine.preprocessing import as_channels, resample_shape, resample_to
 
-    segmenter.check_compatible(image, geometry)
     pre = segmenter.preprocessing
     raw = as_channels(image, segmenter.in_channels)  # [C, *S], a view
     stats = pre.statistics(raw)
@@ -349,8 +350,11 @@ def iter_region_logits(
     spacing, _ = segmenter.input_spacing(size, geometry)
     segmenter.model.eval()
 
-    def predict(planes: np.ndarray, step: int) -> Generator[Progress, None, np.ndarray]:
-        """planes [P, C, *S] (normalised, native spacing) -> logits [P, K, *S]."""
+    def predict(
+        planes: np.ndarray, step: int, n_steps: int
+    ) -> Generator[Progress, None, np.ndarray]:
+        """planes [P, C, *S] (normalised, native spacing) -> logits [P, K, *S]; part
+        ``step`` of ``n_steps``."""
         in_plane = planes.shape[2:]
         planes = resample_to(planes, spacing[slice_mode:], segmenter.spacing, order=1,
                              antialias=True)
@@ -367,9 +371,8 @@ def iter_region_logits(
             yield Progress(step * p.total + p.done, p.total * n_steps, p.stage)
 
     if not slice_mode:
-        n_steps = 1
         x = pre.normalize(raw[(slice(None), *context)], stats)
-        logits = yield from predict(x[None], 0)
+        logits = yield from predict(x[None], 0, 1)
         consume(tuple(slice(None) for _ in size), logits[0][(slice(None), *inner)])
         return tuple(r.stop - r.start for r in region)
     z0, z1 = region[0].start, region[0].stop
@@ -382,7 +385,7 @@ def iter_region_logits(
         x = pre.normalize(raw[(slice(None), slice(start, stop), *context[1:])], stats)
         planes = np.ascontiguousarray(x.transpose(1, 0, 2, 3))  # [C, Z, ...] -> [Z, C, ...]
         del x
-        logits = yield from predict(planes, step)  # [Z, K, Y, X]
+        logits = yield from predict(planes, step, n_steps)  # [Z, K, Y, X]
         del planes
         part = logits.transpose(1, 0, 2, 3)[(slice(None), slice(None), *inner[1:])]
         consume((slice(start - z0, stop - z0),), part)

@@ -163,6 +163,4 @@ def checked_weights(state: dict, meta: dict, file: Any = "checkpoint") -> tuple[
     return kwargs, names, patch
 
 
-__all__ = [
-    "checked_weights",
-    "now","checked_metadata", "state_mismatch"]
+__all__ = ["checked_metadata", "checked_weights", "now", "state_mismatch"]

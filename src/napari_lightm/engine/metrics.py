@@ -84,11 +84,11 @@ def class_volumes_ml(
     """float64 ``[n_classes]``: the volume (ml) of each label value ``0..n_classes-1`` in
     3D ``labels`` of voxel size ``spacing`` (mm), counting only ``where`` when given;
     NaN without a spacing or for 2D labels (no volume). Other values are not counted."""
+    if spacing is None or labels.ndim != 3:
+        return np.full(n_classes, np.nan)
     values = labels[where] if where is not None else labels.reshape(-1)
     values = values[(values >= 0) & (values < n_classes)].astype(np.int64)
     counts = np.bincount(values, minlength=n_classes)[:n_classes].astype(np.float64)
-    if spacing is None or labels.ndim != 3:
-        return np.full(n_classes, np.nan)
     return counts * (math.prod(float(s) for s in spacing) / 1000.0)
 
 

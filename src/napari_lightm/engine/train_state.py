@@ -90,6 +90,11 @@ def train_state(
     return tensors, info
 
 
+def run_files(out_dir: Path) -> list[str]:
+    """The files of a training run (:data:`RUN_FILES`) that ``out_dir`` holds."""
+    return [n for n in RUN_FILES if (Path(out_dir) / n).is_file()]
+
+
 def resume_state(out_dir: Path) -> tuple[dict, dict] | None:
     """The training state to resume from ``out_dir``, or None to start a new run there."""
     path = out_dir / STATE_FILE
@@ -101,7 +106,7 @@ def resume_state(out_dir: Path) -> tuple[dict, dict] | None:
             f"{old} is a training state of an earlier napari-lightm (pickle format), which is "
             "never loaded because unpickling can run code; start a new run in another folder"
         )
-    others = [n for n in RUN_FILES if (out_dir / n).is_file()]
+    others = run_files(out_dir)
     if others:
         raise CheckpointError(
             f"{out_dir} holds {', '.join(others)} but no {STATE_FILE} to resume from; "
@@ -197,5 +202,6 @@ __all__ = [
     "STATE_FILE",
     "restore_train_state",
     "resume_state",
+    "run_files",
     "train_state",
 ]

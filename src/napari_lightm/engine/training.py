@@ -55,11 +55,11 @@ from napari_lightm.engine.metrics import mean_dice
 from napari_lightm.engine.preprocessing import Preprocessing, resample_to
 from napari_lightm.engine.segmenter import DEFAULT_PATCH, Segmenter
 from napari_lightm.engine.train_state import (
-    RUN_FILES,
     STATE_FILE,
     TrainResult,
     restore_train_state,
     resume_state,
+    run_files,
     train_state,
 )
 
@@ -327,7 +327,7 @@ def iter_train(
         raise ValueError(f"lr must be a positive number, got {lr}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output folder {out_dir} is a file")
-    earlier = [n for n in RUN_FILES if (out_dir / n).is_file()]
+    earlier = run_files(out_dir)
     if earlier and not (resume or overwrite):
         raise ValueError(
             f"{out_dir} already holds a training run ({', '.join(earlier)}); pass "
@@ -465,9 +465,6 @@ def iter_train(
     if dist_info.world > 1 and dist_info.started_here:
         torch.distributed.destroy_process_group()
     return result
-
-
-# --- training state (resume) ----------------------------------------------------------------
 
 
 def train(
