@@ -108,10 +108,7 @@ class ClassesPanel(QGroupBox):
             raise ValueError("a job is running: change the classes when it has finished")
         edited = seg.copy()
         result = change(edited)  # raises ValueError before anything is saved
-        if all(v != seg.version for v, _ in panel.history):
-            panel.save_version(seg)  # so the edit can be rolled back
-        parent = dict(panel.history).get(seg.version)
-        panel.save_version(edited, parent=parent)
+        panel.save_version(edited, parent=panel.current_checkpoint())
         panel.set_segmenter(edited)  # model_changed: the list and the layers follow
         return result
 

@@ -202,12 +202,11 @@ class FinetunePanel(QGroupBox):
             if seg is None:
                 raise ValueError("no model: create a new one or load a checkpoint first")
             samples, used = gather_samples(widget)
-            if all(v != seg.version for v, _ in widget.model.history):
-                widget.model.save_version(seg)  # so this run can be rolled back
+            # the lineage of the result, saved so this run can be rolled back
+            self._parent = widget.model.current_checkpoint()
         except CORE_ERRORS as exc:
             show_error(str(exc))
             return False
-        self._parent = dict(widget.model.history).get(seg.version)  # lineage of the result
         steps, seconds = self.budget()
         lr = self.learning_rate()
         preload_training_modules()

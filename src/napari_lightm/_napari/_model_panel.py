@@ -315,6 +315,15 @@ class ModelPanel(QGroupBox):
             self._update_info()  # the store may have given it another number
         return saved
 
+    def current_checkpoint(self) -> Path:
+        """The checkpoint of the current model's version, saving it as a version first
+        when it has none (so whatever replaces the model can be rolled back to it)."""
+        seg = self.segmenter
+        if seg is None:
+            raise ValueError(NO_MODEL)
+        saved = dict(self.history).get(seg.version)
+        return saved if saved is not None else self.save_version(seg)
+
     def save_name(self) -> str:
         """The name a new version is saved under: the model's, or ``<name>-ft`` for a
         pretrained (shipped) model, whose own file is never written."""

@@ -427,6 +427,7 @@ class LightMWidget(QWidget):
         """Show (and return) the volume in ml of each class in the picked image's labels."""
         return self.review.show_volumes()
 
+    # --- clicks -------------------------------------------------------------------
     def enter_click_mode(self) -> None:
         image = self.current_image()
         if image is None:

@@ -61,9 +61,7 @@ def region_shape(region: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int
 
 def flat_indices(mask: np.ndarray, region: tuple[slice, ...], shape) -> np.ndarray:
     """Flat indices into an array of ``shape`` of the True voxels of ``mask`` (over ``region``)."""
-    idx = np.nonzero(mask)
-    starts = [s.indices(n)[0] for s, n in zip(region, shape)]
-    full = tuple(i + s for i, s in zip(idx, starts))
+    full = region_indices(mask, region, shape)
     return _compact(np.ravel_multi_index(full, shape) if full else np.zeros(0, np.intp), shape)
 
 
@@ -85,9 +83,6 @@ def region_indices(
     indices of the whole change exist even for a moment."""
     starts = [s.indices(n)[0] for s, n in zip(region, shape)]
     dtypes = [index_dtype(n) for n in shape]
-    if mask.ndim < 2:
-        idx = np.nonzero(mask)
-        return tuple((i + s).astype(d) for i, s, d in zip(idx, starts, dtypes))
     counts = [int(np.count_nonzero(mask[z : z + slab])) for z in range(0, mask.shape[0], slab)]
     out = tuple(np.empty(sum(counts), d) for d in dtypes)
     at = 0

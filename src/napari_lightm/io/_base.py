@@ -29,21 +29,15 @@ class BadWrite(Exception):
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
-
 META_SUFFIXES = (".mha", ".mhd")
-
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES + META_SUFFIXES
 
 # plain NumPy arrays (unit spacing): read by the core and the CLI for datasets made by
 # scripts; not offered to napari, whose own reader opens .npy
 ARRAY_SUFFIXES = (".npy",)
-
 IMAGE_SUFFIXES = VOLUME_SUFFIXES + DICOM_SUFFIXES + PICTURE_SUFFIXES
 
 # ITU-R BT.601 luma weights: how RGB X-ray exports are folded back to one grey channel
